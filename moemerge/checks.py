@@ -1,0 +1,122 @@
+"""Cross-model validation before any weight is read (config.json files and safetensors headers only).
+
+Each check returns a list of problems; the pipeline gathers them all and raises once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from moemerge.archs import DENSE_MLP
+from moemerge.config import PROMPT_GATE_MODES, MergeConfig
+from moemerge.sources import ModelSource
+
+log = logging.getLogger(__name__)
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
+
+def _prompt_problems(where: str, prompts: list[str] | None) -> list[str]:
+    return [f"{where}[{i}]: empty prompt; remove it" for i, p in enumerate(prompts or []) if not p.strip()]
+
+
+def check_config_rules(config: MergeConfig) -> list[str]:
+    """Rules on the config alone: experts_per_token, prompts, prompt sets."""
+    problems = []
+    n = len(config.experts)
+    if config.experts_per_token > n:
+        problems.append(f"experts_per_token: {config.experts_per_token} is more than the {n} expert(s) given")
+    needs_prompts = config.gate_mode in PROMPT_GATE_MODES
+    for group, entries in (("experts", config.experts), ("shared_experts", config.shared_experts or [])):
+        for i, expert in enumerate(entries):
+            if needs_prompts and group == "experts" and not expert.positive_prompts:
+                problems.append(
+                    f"{group}[{i}].positive_prompts: gate_mode '{config.gate_mode}' needs positive prompts for every "
+                    "expert (or use gate_mode random)"
+                )
+            problems += _prompt_problems(f"{group}[{i}].positive_prompts", expert.positive_prompts)
+            problems += _prompt_problems(f"{group}[{i}].negative_prompts", expert.negative_prompts)
+    prompt_sets = {
+        (frozenset(e.positive_prompts or []), frozenset(e.negative_prompts or [])) for e in config.experts
+    }
+    if needs_prompts and n > 1 and len(prompt_sets) == 1 and config.experts[0].positive_prompts:
+        problems.append("experts: every expert has the same prompts, so their routers would be identical; give each "
+                        "expert prompts of its own")  # fmt: skip
+    return problems
+
+
+def _dims(config: dict) -> dict[str, object]:
+    dims = {key: config.get(key) for key in SHAPE_KEYS}
+    dims["num_key_value_heads"] = dims["num_key_value_heads"] or dims["num_attention_heads"]
+    heads = config.get("num_attention_heads") or 1
+    dims["head_dim"] = config.get("head_dim") or (config.get("hidden_size") or 0) // heads
+    return dims
+
+
+def _missing_mlp(base: ModelSource, expert: ModelSource, label: str) -> list[str]:
+    wanted = [name for name in base.tensors if name in mlp_names(base.config)]
+    missing = [name for name in wanted if name not in expert.tensors]
+    wrong = [n for n in wanted if n in expert.tensors and expert.tensors[n].shape != base.tensors[n].shape]
+    problems = []
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        problems.append(f"{label}: missing MLP tensor {missing[0]}{more}; the expert must be a full model of the same shape")
+    if wrong:
+        n = wrong[0]
+        problems.append(f"{label}: {n} has shape {list(expert.tensors[n].shape)}, base has {list(base.tensors[n].shape)}")
+    return problems
+
+
+def mlp_names(config: dict) -> set[str]:
+    """Every dense MLP tensor name the base config implies."""
+    layers = int(config.get("num_hidden_layers") or 0)
+    return {template.format(layer=layer) for layer in range(layers) for template in DENSE_MLP.values()}
+
+
+def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, allow_crimes: bool) -> list[str]:
+    """Families, shapes and MLP tensors of every expert against the base."""
+    problems = []
+    missing_in_base = sorted(mlp_names(base.config) - set(base.tensors))
+    if missing_in_base:
+        problems.append(f"base_model '{base.ref}': no dense MLP tensor {missing_in_base[0]} "
+                        f"(model_type '{base.model_type}' is not a dense llama/mistral/qwen-style model)")  # fmt: skip
+    base_dims = _dims(base.config)
+    for label, expert in experts:
+        label = f"{label} '{expert.ref}'"
+        if expert.model_type != base.model_type and not allow_crimes:
+            problems.append(f"{label}: model_type '{expert.model_type}' differs from the base's '{base.model_type}' "
+                            "(pass --allow-crimes to merge across families of the same shape)")  # fmt: skip
+        dims = _dims(expert.config)
+        for key, value in dims.items():
+            if value != base_dims[key]:
+                problems.append(f"{label}: {key} is {value}, the base has {base_dims[key]}")
+        if dims == base_dims and not missing_in_base:
+            problems += _missing_mlp(base, expert, label)
+        vocab, base_vocab = expert.config.get("vocab_size"), base.config.get("vocab_size")
+        if vocab != base_vocab:
+            log.warning("%s: vocab_size %s differs from the base's %s (only the base's embeddings are used)",
+                        label, vocab, base_vocab)  # fmt: skip
+    return problems
+
+
+def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same: bool) -> list[str]:
+    """All experts the same model makes a MoE that equals one dense model; refuse unless the user insists."""
+    if allow_same or len(experts) < 2 or len({e.path for e in experts}) > 1:
+        return []
+    return ["experts: every expert is the same model, so the MoE equals that dense model; pass "
+            "--i-understand-this-is-not-useful-without-training to build it anyway"]  # fmt: skip
+
+
+def check_output(out: Path, *, overwrite: bool) -> list[str]:
+    """OUT must be absent, empty, or replaceable with --overwrite; its parent must be writable."""
+    if out.exists() and not out.is_dir():
+        return [f"{out}: exists and is not a folder"]
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        return [f"{out}: folder exists and is not empty; pass --overwrite to replace it"]
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"{parent}: not writable; choose another output folder"]
+    return []

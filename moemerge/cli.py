@@ -1,0 +1,154 @@
+"""Command line: argument parsing, progress display, and the one exception -> exit-code boundary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moemerge import __version__
+from moemerge.errors import ConfigError, MoemergeError
+
+log = logging.getLogger("moemerge")
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+UNITS = {
+    "": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+    "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+MERGEKIT_UNITS = {"b": 10**9}  # mergekit's `5B` = 5e9 bytes; plain `B` after a number is billions there
+
+
+def parse_size(text: str) -> int:
+    """`5GB`, `500MB`, `2GiB`, mergekit's `5B`/`500M`/`1k` (x1e9/x1e6/x1e3), or plain bytes; 0 = one file."""
+    match = SIZE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or (unit not in UNITS):
+        raise ConfigError(f"--out-shard-size: cannot read {text!r}; use e.g. 5GB, 500MB, 2GiB or a byte count")
+    factor = MERGEKIT_UNITS.get(unit, UNITS[unit])
+    return int(float(match.group(1)) * factor)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("moemerge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _progress_display(quiet: bool):
+    """A rich progress bar on a TTY; nothing in pipes and CI."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    return bar, update
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
+
+
+@app.command(help="Merge the base and expert models named in CONFIG into one MoE checkpoint written to OUT.")
+def merge(
+    config: Annotated[Path, typer.Argument(help="YAML config (mergekit-moe configs work unchanged).")],
+    out: Annotated[Path, typer.Argument(help="Output folder; must be absent or empty unless --overwrite.")],
+    copy_tokenizer: Annotated[bool, typer.Option(help="Copy the base model's tokenizer files to OUT.")] = True,
+    out_shard_size: Annotated[str, typer.Option(help="Max bytes per shard: 5GB, 500MB, 2GiB, 5B (=5e9); 0 = one file.")] = "5GB",
+    device: Annotated[str, typer.Option(help="Where the hidden-state pass runs: cpu, cuda, cuda:N or auto.")] = "cpu",
+    random_seed: Annotated[int | None, typer.Option(help="Seed for random gates and noise (overrides `seed:`).")] = None,
+    allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="Allow every expert to be the same model.")] = False,
+    allow_crimes: Annotated[bool, typer.Option("--allow-crimes", help="Allow experts of another model_type if shapes agree.")] = False,
+    lazy_unpickle: Annotated[bool, typer.Option("--lazy-unpickle", help="Accepted for mergekit compatibility; .bin files are always read lazily.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (swapped in only when the merge is complete).")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:  # fmt: skip
+    from moemerge.pipeline import MergeOptions, merge as run_merge
+
+    _setup_logging(verbose, quiet)
+    if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, auto")
+    options = MergeOptions(
+        out_shard_size=parse_size(out_shard_size),
+        copy_tokenizer=copy_tokenizer,
+        seed=random_seed,
+        overwrite=overwrite,
+        allow_crimes=allow_crimes,
+        allow_same_experts=allow_same_experts,
+        device=device,
+    )
+    bar, update = _progress_display(quiet)
+    if bar is not None:
+        bar.start()
+    try:
+        prepared = run_merge(config, out, options, progress=update)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if not quiet:
+        plan = prepared.plan
+        print(f"wrote {out} ({prepared.arch.class_name}, {len(prepared.experts)} experts, "
+              f"{len(plan.shards)} shard(s), {plan.total_size / 1e6:.1f} MB)")  # fmt: skip
+
+
+SUBCOMMANDS: dict[str, typer.Typer] = {}
+
+
+def _run(command, args: list[str], debug: bool) -> int:
+    import click
+
+    try:
+        command.main(args=args, prog_name="moemerge", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()} (see `moemerge --help`)", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except MoemergeError as exc:
+        if debug:
+            raise
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one boundary that turns any failure into one line
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {exc.__class__.__name__}: {first} (rerun with -vv for a traceback)", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`moemerge CONFIG OUT [options]`, or `moemerge VERB ...` for the subcommands."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        print(f"moemerge {__version__}")
+        raise SystemExit(0)
+    debug = os.environ.get("MOEMERGE_DEBUG") == "1" or any(re.fullmatch(r"-v{2,}", a) for a in args) or (
+        args.count("-v") + args.count("--verbose") >= 2
+    )
+    target = SUBCOMMANDS.get(args[0]) if args else None
+    command = typer.main.get_command(target or app)
+    raise SystemExit(_run(command, args[1:] if target else args, debug))

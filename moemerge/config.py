@@ -1,0 +1,139 @@
+"""The YAML config: pydantic models, spelling normalisation, and load_config(); the only place pydantic appears."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from moemerge.errors import ConfigError, problems_error
+
+GateMode = Literal["hidden", "hidden_avg", "cheap_embed", "random", "uniform_random"]
+PROMPT_GATE_MODES = ("hidden", "hidden_avg", "cheap_embed")
+
+DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}  # fmt: skip
+
+# mergekit-moe's spellings (`Mixtral`, `Qwen MoE`, `qwen`, `DeepSeek MoE`) and ours, after lower-casing and
+# turning spaces and dashes into underscores.
+ARCHITECTURES = {
+    "mixtral": "mixtral",
+    "qwen": "qwen2_moe", "qwen_moe": "qwen2_moe", "qwen2_moe": "qwen2_moe", "qwen2moe": "qwen2_moe",
+    "qwen3_moe": "qwen3_moe", "qwen3moe": "qwen3_moe",
+    "deepseek": "deepseek", "deepseek_moe": "deepseek", "deepseekmoe": "deepseek",
+}  # fmt: skip
+
+
+def normalise_dtype(value: str) -> str:
+    """`torch.bfloat16`, `bf16`, `bfloat16` -> `bfloat16`; raises ValueError for anything else."""
+    key = str(value).strip().lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {value!r}: use float32, float16 or bfloat16")
+    return DTYPES[key]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpertConfig(_Strict):
+    source_model: str = Field(min_length=1)
+    positive_prompts: list[str] | None = None
+    negative_prompts: list[str] | None = None
+    noise_scale: float | None = Field(default=None, ge=0)
+    residual_scale: float | None = None
+
+
+class MergeConfig(_Strict):
+    base_model: str = Field(min_length=1)
+    experts: list[ExpertConfig] = Field(min_length=1)
+    gate_mode: GateMode = "hidden"
+    dtype: str | None = None
+    experts_per_token: int = Field(default=2, ge=1)
+    shared_experts: list[ExpertConfig] | None = None
+    architecture: str | None = None
+    seed: int | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_dtype(value)
+
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        key = value.strip().lower().replace(" ", "_").replace("-", "_")
+        if key not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}: use mixtral, qwen2_moe, qwen3_moe or deepseek")
+        return ARCHITECTURES[key]
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "config"
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    in_expert = any(part in ("experts", "shared_experts") for part in loc[:-1])
+    return list((ExpertConfig if in_expert else MergeConfig).model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, _valid_keys(loc), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(_valid_keys(loc))})"
+        return f"{_path(loc)}: unknown key '{key}'{hint}"
+    if error["type"] == "missing":
+        return f"{_path(loc)}: required field is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "literal_error" and loc and loc[-1] == "gate_mode":
+        message = f"unknown gate_mode {error['input']!r}: use hidden, hidden_avg, cheap_embed, random or uniform_random"
+    return f"{_path(loc)}: {message}"
+
+
+def parse_config(data: Any, *, source: str = "config") -> MergeConfig:
+    """Validate an already-parsed YAML document; every problem is reported at once."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        raise ConfigError(f"{source}: the config is {kind}; it needs at least base_model and experts")
+    try:
+        return MergeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{source}: {_describe(err)}" for err in exc.errors()]
+        raise problems_error(ConfigError, problems) from None
+
+
+def load_config(path: str | Path) -> MergeConfig:
+    """Read and validate a YAML config file (mergekit-moe configs are accepted unchanged)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(data, source=str(path))
+
+
+def dump_config(config: MergeConfig, **resolved: Any) -> dict[str, Any]:
+    """The config as plain data (for moemerge.yml and the model card) with `resolved` values filled in."""
+    return config.model_copy(update=resolved).model_dump(exclude_none=True)

@@ -1,0 +1,93 @@
+"""Gate modes: each is a function from a GateContext to routers of shape (layers, experts, hidden), float32."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from moemerge.config import ExpertConfig
+from moemerge.sources import ModelSource
+
+log = logging.getLogger(__name__)
+DEGENERATE_CONDITION = 5.0
+
+
+@dataclass
+class GateContext:
+    """Everything a gate mode may use; the tokenizer is loaded only when a mode asks for it."""
+
+    base: ModelSource
+    experts: list[ExpertConfig]
+    num_layers: int
+    hidden_size: int
+    seed: int
+    embed_name: str = "model.embed_tokens.weight"
+    device: str = "cpu"
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.base.path))
+
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt as SPEC section 6 tokenises it: BOS text + prompt, no other special tokens."""
+        bos = self.tokenizer.bos_token or ""
+        return [self.tokenizer(bos + p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+GateFn = Callable[[GateContext], Any]
+
+
+def _registry() -> dict[str, GateFn]:
+    from moemerge.gates import cheap_embed, hidden, random, uniform_random
+
+    return {
+        "random": random.compute,
+        "uniform_random": uniform_random.compute,
+        "cheap_embed": cheap_embed.compute,
+        "hidden": hidden.compute_last,
+        "hidden_avg": hidden.compute_mean,
+    }
+
+
+def compute_routers(mode: str, context: GateContext):
+    """Routers (layers, experts, hidden) in float32 for `mode`; warns about near-degenerate layers."""
+    routers = _registry()[mode](context)
+    expected = (context.num_layers, len(context.experts), context.hidden_size)
+    if tuple(routers.shape) != expected:
+        raise AssertionError(f"gate mode {mode} returned {tuple(routers.shape)}, expected {expected}")
+    if mode not in ("random", "uniform_random"):
+        warn_degenerate(routers)
+    return routers
+
+
+def combine(positive, negative):
+    """normalise(normalise(pos) - normalise(neg)); plain normalise(pos) without negatives. Shapes (..., hidden)."""
+    import torch
+
+    def unit(v):
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+    return unit(positive) if negative is None else unit(unit(positive) - unit(negative))
+
+
+def warn_degenerate(routers) -> list[int]:
+    """Layers whose router matrix (experts, hidden) has condition number > 5; logged as a warning."""
+    import torch
+
+    if routers.shape[1] < 2:
+        return []
+    conditions = torch.linalg.cond(routers.double())
+    bad = [i for i, c in enumerate(conditions.tolist()) if not c < DEGENERATE_CONDITION]
+    if bad:
+        log.warning(
+            "router matrix near-degenerate in layer(s) %s (condition number > %g): the experts' prompts are "
+            "too similar; give each expert more distinct positive prompts",
+            ", ".join(map(str, bad)),
+            DEGENERATE_CONDITION,
+        )
+    return bad

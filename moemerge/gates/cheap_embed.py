@@ -1,0 +1,52 @@
+"""`cheap_embed`: the sum of the base's embedding rows over every prompt token, normalised; same row every layer."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from moemerge.errors import IncompatibleModelsError
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted unique ids grouped into contiguous [start, stop) runs, so each run is one slice read."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def prompt_sum(context, prompts: list[str]):
+    """Sum of embedding rows (hidden,) over all tokens of all prompts; reads only the rows used."""
+    import torch
+
+    counts = Counter(t for ids in context.prompt_ids(prompts) for t in ids)
+    ids = sorted(counts)
+    vocab = context.base.tensors[context.embed_name].shape[0]
+    if ids and ids[-1] >= vocab:
+        raise IncompatibleModelsError(f"tokenizer produced id {ids[-1]} but the base has {vocab} embedding rows")
+    rows = torch.cat([context.base.read(context.embed_name, slice(a, b)) for a, b in _runs(ids)]).float()
+    weights = torch.tensor([counts[i] for i in ids], dtype=torch.float32)
+    return weights @ rows  # (hidden,)
+
+
+def compute(context):
+    import torch
+
+    rows = []
+    for index, expert in enumerate(context.experts):
+        positive = prompt_sum(context, expert.positive_prompts or [])
+        negative = prompt_sum(context, expert.negative_prompts) if expert.negative_prompts else None
+        row = _combine(positive, negative)
+        if not torch.isfinite(row).all() or row.norm() == 0:
+            raise IncompatibleModelsError(f"experts[{index}]: prompts give a zero router row (positives = negatives?)")
+        rows.append(row)
+    return torch.stack(rows).unsqueeze(0).expand(context.num_layers, -1, -1).contiguous()
+
+
+def _combine(positive, negative):
+    from moemerge.gates import combine
+
+    return combine(positive, negative)

@@ -1,0 +1,93 @@
+"""The Hugging Face Hub side: fetch only the files a merge needs (config, tokenizer, the shards holding wanted tensors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from moemerge.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+SIDE_FILES = (
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    return bool(HUB_ID.match(ref)) and ".." not in ref
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> (`org/name`, `rev`)."""
+    repo_id, _, revision = ref.partition("@")
+    return repo_id, revision or None
+
+
+def _explain(ref: str, exc: Exception) -> SourceError:
+    from huggingface_hub import errors
+
+    match exc:
+        case errors.GatedRepoError():
+            why = "is gated: accept its licence on the Hub and log in (`hf auth login`)"
+        case errors.RepositoryNotFoundError():
+            why = "is neither a local folder nor a model on the Hub (check the path or id; log in for private repos)"
+        case errors.RevisionNotFoundError():
+            why = "names a revision the Hub does not have"
+        case errors.LocalEntryNotFoundError() | errors.OfflineModeIsEnabled():
+            why = "is not a local folder, and its files are not in the Hugging Face cache while the Hub is offline"
+        case _:
+            why = f"could not be fetched from the Hub ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})"
+    return SourceError(f"model '{ref}' {why}")
+
+
+def _download(repo_id: str, filename: str, revision: str | None, *, optional: bool = True) -> Path | None:
+    """One file from the Hub (or the user's HF cache); None when an optional file is absent (or uncached offline)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        if optional:
+            return None
+        raise
+
+
+def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) -> tuple[Path, str | None]:
+    """Download what a merge needs from `org/name[@revision]`; returns (snapshot folder, commit hash)."""
+    repo_id, revision = split_ref(ref)
+    try:
+        config = _download(repo_id, "config.json", revision, optional=False)
+        commit = config.parent.name  # the cache keeps files under snapshots/<commit>/
+        for index_name, single_name in WEIGHT_LAYOUTS:
+            index = _download(repo_id, index_name, commit)
+            if index is not None:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                shards = sorted({file for name, file in weight_map.items() if wanted(name)})
+                break
+            if _download(repo_id, single_name, commit) is not None:
+                shards = []
+                break
+        else:
+            raise SourceError(f"model '{ref}' has no safetensors or pytorch_model.bin weights on the Hub")
+        for shard in shards:
+            log.info("downloading %s from %s", shard, repo_id)
+            _download(repo_id, shard, commit, optional=False)
+        if side_files:
+            for name in SIDE_FILES:
+                _download(repo_id, name, commit)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the model
+        raise _explain(ref, exc) from None
+    return config.parent, commit

@@ -1,0 +1,198 @@
+"""The one place that wires the steps: config -> checks -> routers -> plan -> tensor stream -> writer -> rename."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moemerge import card, checks, hub
+from moemerge.archs import MoeShape, OutputArch, choose_architecture
+from moemerge.config import MergeConfig, dump_config, load_config, normalise_dtype
+from moemerge.errors import IncompatibleModelsError, MoemergeError, OutputError, SourceError, problems_error
+from moemerge.gates import GateContext, compute_routers
+from moemerge.plan import ExpertSpec, Plan, build_plan
+from moemerge.sources import ModelSource, open_source
+from moemerge.stream import stream_tensors
+from moemerge.writer import ShardLayout, write_shards
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Command-line options that shape a merge (the config file holds the rest)."""
+
+    out_shard_size: int = 5_000_000_000
+    copy_tokenizer: bool = True
+    seed: int | None = None
+    overwrite: bool = False
+    allow_crimes: bool = False
+    allow_same_experts: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class Prepared:
+    """Everything known before a weight is read: the checked inputs, the architecture and the plan."""
+
+    config: MergeConfig
+    base: ModelSource
+    experts: list[ModelSource]
+    shared: list[ModelSource]
+    arch: OutputArch
+    dtype: str
+    seed: int
+    plan: Plan = field(init=False)
+
+
+def _open_models(config: MergeConfig, base_dir: Path) -> tuple[list[ModelSource | None], list[str]]:
+    """Base, experts, shared experts in that order (None where a model could not be opened) and the problems."""
+    refs = [config.base_model] + [e.source_model for e in config.experts + (config.shared_experts or [])]
+    labels = ["base_model"] + [f"experts[{i}]" for i in range(len(config.experts))]
+    labels += [f"shared_experts[{i}]" for i in range(len(config.shared_experts or []))]
+    opened: dict[str, ModelSource] = {}
+    models, problems = [], []
+    for i, (ref, label) in enumerate(zip(refs, labels)):
+        try:
+            if ref not in opened:
+                # experts are indexed (and downloaded) for the base's MLP tensors only
+                wanted = (lambda _: True) if i == 0 else checks.mlp_names(opened[refs[0]].config).__contains__
+                opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0)
+            models.append(opened[ref])
+        except SourceError as exc:
+            problems.append(f"{label}: {exc}")
+            models.append(None)
+            if i == 0:
+                break  # without the base there is nothing to compare the experts with
+    return models, problems
+
+
+def _output_dtype(config: MergeConfig, base: ModelSource) -> str:
+    if config.dtype:
+        return config.dtype
+    declared = base.config.get("dtype") or base.config.get("torch_dtype")
+    try:
+        return normalise_dtype(declared) if declared else base.tensors["model.embed_tokens.weight"].dtype
+    except (ValueError, KeyError):
+        return "float32"
+
+
+def prepare(config_path: Path, out: Path, options: MergeOptions) -> Prepared:
+    """Load and check everything from config.json files and headers only; raises once with every problem."""
+    config = load_config(config_path)
+    problems = checks.check_config_rules(config) + checks.check_output(out, overwrite=options.overwrite)
+    models, open_problems = _open_models(config, config_path.resolve().parent)
+    problems += open_problems
+    if open_problems:
+        raise problems_error(IncompatibleModelsError, problems)
+    base, rest = models[0], models[1:]
+    experts, shared = rest[: len(config.experts)], rest[len(config.experts) :]
+    labelled = [(f"experts[{i}]", m) for i, m in enumerate(experts)] + [
+        (f"shared_experts[{i}]", m) for i, m in enumerate(shared)
+    ]
+    problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
+    problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
+    arch, reasons = choose_architecture(config.architecture, base.config, set(base.tensors), num_shared=len(shared))
+    if arch is None:
+        problems.append("no output architecture fits these models: " + "; ".join(reasons))
+    if problems:
+        raise problems_error(IncompatibleModelsError, problems)
+    seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
+    prepared = Prepared(config, base, experts, shared, arch, _output_dtype(config, base), seed)
+    specs = [ExpertSpec(e.noise_scale or 0.0, 1.0 if e.residual_scale is None else e.residual_scale)
+             for e in config.experts + (config.shared_experts or [])]  # fmt: skip
+    prepared.plan = build_plan(
+        arch=arch,
+        headers=[m.tensors for m in [base, *experts, *shared]],
+        experts=specs,
+        num_routed=len(experts),
+        hidden_size=int(base.config["hidden_size"]),
+        dtype=prepared.dtype,
+        max_shard_bytes=options.out_shard_size,
+    )
+    return prepared
+
+
+def _side_files(prepared: Prepared, folder: Path, options: MergeOptions, routers_shape) -> None:
+    base = prepared.base
+    shape = MoeShape(len(prepared.experts), prepared.config.experts_per_token, prepared.dtype,
+                     int(base.config["intermediate_size"]))  # fmt: skip
+    card.write_json(folder / "config.json", prepared.arch.build_config(base.config, shape))
+    names = hub.SIDE_FILES if options.copy_tokenizer else ("generation_config.json",)
+    for name in names:
+        if (base.path / name).is_file():
+            shutil.copyfile(base.path / name, folder / name)
+    resolved_cfg = dump_config(prepared.config, dtype=prepared.dtype, seed=prepared.seed,
+                               architecture=prepared.arch.name)  # fmt: skip
+    sources = [{"model": m.ref, "path": str(m.path), "revision": m.revision} for m in
+               dict.fromkeys([base, *prepared.experts, *prepared.shared])]  # fmt: skip
+    resolved = card.resolved_config(resolved_cfg, sources=sources)
+    card.write_resolved(folder, resolved)
+    shapes = {t.name: t.shape for t in prepared.plan.tensors}
+    total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
+                                          experts_per_token=prepared.config.experts_per_token)  # fmt: skip
+    text = card.model_card(resolved, arch_class=prepared.arch.class_name, total=total, active=active)
+    (folder / "README.md").write_text(text)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished folder into place; an existing OUT (only with --overwrite) is removed after the swap."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Progress | None = None) -> Prepared:
+    """Run a whole merge; OUT appears only when everything has been written."""
+    progress = progress or (lambda stage, done, total: None)
+    prepared = prepare(config_path, out, options)
+    context = GateContext(prepared.base, prepared.config.experts, int(prepared.base.config["num_hidden_layers"]),
+                          int(prepared.base.config["hidden_size"]), prepared.seed, device=options.device)  # fmt: skip
+    progress("routers", 0, 1)
+    routers = compute_routers(prepared.config.gate_mode, context)
+    progress("routers", 1, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write(prepared, tmp, routers, progress)
+        _side_files(prepared, tmp, options, routers.shape)
+        _publish(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            need = prepared.plan.total_size / 1e9
+            raise OutputError(f"{out.parent}: disk full; the merge needs about {need:.2f} GB free there") from None
+        if isinstance(exc, OSError) and not isinstance(exc, MoemergeError):
+            raise OutputError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        raise
+    finally:
+        for model in [prepared.base, *prepared.experts, *prepared.shared]:
+            model.close()
+    return prepared
+
+
+def _write(prepared: Prepared, folder: Path, routers, progress: Progress) -> None:
+    plan = prepared.plan
+    layouts = [ShardLayout(s.filename, [(t.name, t.dtype, t.shape) for t in s.tensors]) for s in plan.shards]
+    sources = [prepared.base, *prepared.experts, *prepared.shared]
+    stream = stream_tensors(plan.tensors, sources=sources, routers=routers, seed=prepared.seed)
+    total, done = plan.total_size, 0
+
+    def on_tensor(name: str, nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        progress("tensors", done, total)
+
+    write_shards(folder, layouts, stream, on_tensor=on_tensor)

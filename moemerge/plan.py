@@ -1,0 +1,148 @@
+"""Pure planning: from headers to the ordered list of output tensors (name, source, transform, dtype, shard)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from moemerge.archs import DENSE_MLP, OutputArch
+from moemerge.sources import TensorInfo
+
+LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+ELEMENT_SIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2}
+
+
+@dataclass(frozen=True)
+class FromModel:
+    """A source tensor: model 0 is the base, 1..E the experts, E+1.. the shared experts."""
+
+    model: int
+    name: str
+
+
+@dataclass(frozen=True)
+class FromRouter:
+    """Row block `layer` of the routers (layers, experts, hidden)."""
+
+    layer: int
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: FromModel | FromRouter
+    noise_scale: float = 0.0  # add randn * noise_scale (seeded by tensor name)
+    scale: float = 1.0  # multiply (residual_scale on down projections)
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * ELEMENT_SIZE.get(self.dtype, 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    filename: str
+    tensors: list[PlannedTensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    arch: OutputArch
+    shards: list[Shard]
+
+    @property
+    def tensors(self) -> list[PlannedTensor]:
+        return [t for shard in self.shards for t in shard.tensors]
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    noise_scale: float = 0.0
+    residual_scale: float = 1.0
+
+
+def _order(name: str) -> tuple[int, int, str]:
+    match = LAYER.match(name)
+    if match:
+        return (1, int(match.group(1)), name)
+    return (0 if "embed" in name else 2, 0, name)
+
+
+def is_dense_mlp(name: str) -> bool:
+    match = LAYER.match(name)
+    return bool(match) and name in {t.format(layer=match.group(1)) for t in DENSE_MLP.values()}
+
+
+def _cast(dtype: str, out_dtype: str) -> str:
+    return out_dtype if dtype in FLOAT_DTYPES else dtype
+
+
+def _moe_block(arch, layer, headers, experts, num_routed, hidden, dtype) -> list[PlannedTensor]:
+    block = [PlannedTensor(arch.router.format(layer=layer), (num_routed, hidden), dtype, FromRouter(layer))]
+    for index, spec in enumerate(experts):
+        templates = arch.experts if index < num_routed else arch.shared_expert
+        for role in ("gate", "up", "down"):
+            source = DENSE_MLP[role].format(layer=layer)
+            info = headers[index + 1][source]
+            block.append(
+                PlannedTensor(
+                    templates[role].format(layer=layer, expert=index),
+                    info.shape,
+                    _cast(info.dtype, dtype),
+                    FromModel(index + 1, source),
+                    noise_scale=spec.noise_scale,
+                    scale=spec.residual_scale if role == "down" else 1.0,
+                )
+            )
+    return block
+
+
+def build_plan(
+    *,
+    arch: OutputArch,
+    headers: list[dict[str, TensorInfo]],
+    experts: list[ExpertSpec],
+    num_routed: int,
+    hidden_size: int,
+    dtype: str,
+    max_shard_bytes: int,
+) -> Plan:
+    """Every output tensor in write order (embeddings, layer by layer with its MoE block, final norm, head)."""
+    tensors: list[PlannedTensor] = []
+    done_layers: set[int] = set()
+    for name in sorted(headers[0], key=_order):
+        info = headers[0][name]
+        if not is_dense_mlp(name):
+            tensors.append(PlannedTensor(name, info.shape, _cast(info.dtype, dtype), FromModel(0, name)))
+            continue
+        layer = int(LAYER.match(name).group(1))
+        if layer not in done_layers:
+            done_layers.add(layer)
+            tensors += _moe_block(arch, layer, headers, experts, num_routed, hidden_size, dtype)
+    return Plan(arch, split_shards(tensors, max_shard_bytes))
+
+
+def split_shards(tensors: list[PlannedTensor], max_shard_bytes: int) -> list[Shard]:
+    """Greedy split in write order; 0 = one file. Names follow transformers' model-0000k-of-0000n pattern."""
+    groups: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if max_shard_bytes and groups[-1] and size + tensor.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(tensor)
+        size += tensor.nbytes
+    if len(groups) == 1:
+        return [Shard("model.safetensors", groups[0])]
+    n = len(groups)
+    return [Shard(f"model-{k + 1:05d}-of-{n:05d}.safetensors", group) for k, group in enumerate(groups)]
