@@ -88,9 +88,10 @@ def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, a
             problems.append(f"{label}: model_type '{expert.model_type}' differs from the base's '{base.model_type}' "
                             "(pass --allow-crimes to merge across families of the same shape)")  # fmt: skip
         dims = _dims(expert.config)
-        for key, value in dims.items():
-            if value != base_dims[key]:
-                problems.append(f"{label}: {key} is {value}, the base has {base_dims[key]}")
+        mismatched = [key for key in dims if dims[key] != base_dims[key]]
+        if len(mismatched) > 1 and "head_dim" in mismatched:
+            mismatched.remove("head_dim")  # a derived head_dim only echoes the hidden size or head count
+        problems += [f"{label}: {key} is {dims[key]}, the base has {base_dims[key]}" for key in mismatched]
         if dims == base_dims and not missing_in_base:
             problems += _missing_mlp(base, expert, label)
         vocab, base_vocab = expert.config.get("vocab_size"), base.config.get("vocab_size")

@@ -110,19 +110,20 @@ SUBCOMMANDS: dict[str, typer.Typer] = {}
 
 
 def _run(command, args: list[str], debug: bool) -> int:
-    import click
-
     try:
         command.main(args=args, prog_name="moemerge", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()} (see `moemerge --help`)", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
+    except typer.TyperException as exc:  # click's usage errors, as typer vendors them
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())
+            return 0
+        print(f"error: {exc.format_message()} (see `moemerge --help`)", file=sys.stderr)
+        return 2
     except MoemergeError as exc:
         if debug:
             raise
@@ -142,7 +143,7 @@ def _run(command, args: list[str], debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`moemerge CONFIG OUT [options]`, or `moemerge VERB ...` for the subcommands."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     if args in (["--version"], ["-V"]):
         print(f"moemerge {__version__}")
         raise SystemExit(0)

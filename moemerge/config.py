@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from moemerge.errors import ConfigError, problems_error
 
@@ -60,6 +60,14 @@ class MergeConfig(_Strict):
     architecture: str | None = None
     seed: int | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_top_k(cls, data: Any) -> Any:
+        # mergekit's default of 2 cannot work with a single expert: use every expert then
+        if isinstance(data, dict) and "experts_per_token" not in data and isinstance(data.get("experts"), list):
+            return {**data, "experts_per_token": min(2, max(1, len(data["experts"])))}
+        return data
+
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, value: str | None) -> str | None:
@@ -94,7 +102,7 @@ def _describe(error: dict[str, Any]) -> str:
         key = str(loc[-1])
         close = difflib.get_close_matches(key, _valid_keys(loc), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(_valid_keys(loc))})"
-        return f"{_path(loc)}: unknown key '{key}'{hint}"
+        return f"{_path(loc[:-1])}: unknown key '{key}'{hint}"
     if error["type"] == "missing":
         return f"{_path(loc)}: required field is missing"
     message = str(error["msg"]).removeprefix("Value error, ")

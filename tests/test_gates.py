@@ -1,0 +1,86 @@
+"""Gate formulas against computations written independently here (not the code under test)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from test_merge_mixtral import all_tensors
+
+PROMPTS = {
+    "code": (["def add(a, b): return a + b", "import numpy as np"], []),
+    "story": (["Once upon a time there was a dragon who lived in a castle."], ["What is 12 times 7?"]),
+    "math": (["Solve for x: 2x + 3 = 7.", "What is 12 times 7? And then, what is the integral of x squared?"], []),
+}
+
+
+def merge(models, write_config, cli, tmp_path, mode, **extra):
+    base = models.base("llama")
+    experts = [
+        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": pos, **({"negative_prompts": neg} if neg else {})}
+        for i, (pos, neg) in enumerate(PROMPTS.values())
+    ]  # fmt: skip
+    config = write_config({"base_model": str(base), "gate_mode": mode, "experts": experts, **extra})
+    code, _, err = cli(config, tmp_path / "out", "--quiet")
+    assert code == 0, err
+    out = all_tensors(tmp_path / "out")
+    return base, torch.stack([out[f"model.layers.{l}.block_sparse_moe.gate.weight"] for l in range(2)])
+
+
+def unit(v):
+    return v / v.norm()
+
+
+def test_cheap_embed_matches_independent_computation(models, write_config, cli, tmp_path):
+    base, routers = merge(models, write_config, cli, tmp_path, "cheap_embed")
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        embed = f.get_tensor("model.embed_tokens.weight")
+
+    def summed(prompts):
+        ids = [tokenizer("<s>" + p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return sum(embed[i].sum(0) for i in ids)
+
+    for e, (pos, neg) in enumerate(PROMPTS.values()):
+        expected = unit(summed(pos)) if not neg else unit(unit(summed(pos)) - unit(summed(neg)))
+        for layer in range(2):
+            torch.testing.assert_close(routers[layer, e], expected, atol=1e-6, rtol=0)
+
+
+def test_random_gate_is_seeded_randn(models, write_config, cli, tmp_path):
+    _, routers = merge(models, write_config, cli, tmp_path, "random", seed=1234)
+    torch.manual_seed(1234)
+    torch.testing.assert_close(routers, torch.randn(2, 3, 32), atol=0, rtol=0)
+
+
+def test_uniform_random_gate_bounds_and_seed(models, write_config, cli, tmp_path):
+    _, routers = merge(models, write_config, cli, tmp_path, "uniform_random", seed=7)
+    bound = 1 / math.sqrt(32)
+    assert routers.abs().max() <= bound and routers.abs().max() > 0.9 * bound
+    torch.manual_seed(7)
+    torch.testing.assert_close(routers, (torch.rand(2, 3, 32) * 2 - 1) * bound, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["hidden", "hidden_avg"])
+def test_hidden_gates_match_unbatched_forward(models, write_config, cli, tmp_path, mode):
+    base, routers = merge(models, write_config, cli, tmp_path, mode)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    dense = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+
+    def mean_state(prompts):  # one prompt at a time: no padding at all
+        rows = []
+        for p in prompts:
+            ids = torch.tensor([tokenizer("<s>" + p, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                states = dense(ids, output_hidden_states=True).hidden_states
+            rows.append(torch.stack([s[0, -1] if mode == "hidden" else s[0].mean(0) for s in states[:2]]))
+        return torch.stack(rows).mean(0)  # (layers, hidden)
+
+    for e, (pos, neg) in enumerate(PROMPTS.values()):
+        row = mean_state(pos) - (mean_state(neg) if neg else 0)
+        expected = row / row.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(routers[:, e], expected, atol=1e-5, rtol=0)
