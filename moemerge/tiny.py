@@ -85,6 +85,9 @@ def make_expert(base: Path, folder: Path, *, seed: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     folder = Path((argv or sys.argv[1:] or ["demo/models"])[0])
     base = make_model(folder / "base", family="llama", seed=0, num_hidden_layers=4, hidden_size=64,
                       intermediate_size=128)  # fmt: skip

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install moemerge with its test extras. torch==2.13.0 goes first: it is the CPU wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --disable-pip-version-check torch==2.13.0
+python -m pip install -q --disable-pip-version-check -e ".[test]"
