@@ -32,6 +32,7 @@ class TensorInfo:
     file: Path
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0  # safetensors: where the tensor's bytes start in the file
 
 
 @dataclass(eq=False)
@@ -50,13 +51,31 @@ class ModelSource:
         return str(self.config.get("model_type", "?"))
 
     def read(self, name: str, rows: slice | None = None):
-        """The tensor `name` (or a range of its first dimension) as a torch tensor; reads only those bytes."""
+        """The tensor `name` (or a range of its first dimension) as a torch tensor; reads only those bytes.
+
+        safetensors data is read with plain positioned reads, not a memory map, so pages of the source files never
+        count towards (or pile up in) this process's resident memory.
+        """
+        import torch
+
         info = self.tensors[name]
         if info.file.suffix == ".bin":
             tensor = self._handle(info.file)[name]
             return (tensor if rows is None else tensor[rows]).clone()
-        view = self._handle(info.file).get_slice(name)
-        return view[:] if rows is None or not info.shape else view[rows]
+        shape = list(info.shape)
+        row_bytes = _element_size(info.dtype)
+        for dim in shape[1:]:
+            row_bytes *= dim
+        start, stop = (0, shape[0] if shape else 1) if rows is None else (rows.start, rows.stop)
+        if shape:
+            shape[0] = stop - start
+        buffer = bytearray((stop - start) * row_bytes)
+        fh = self._handle(info.file)
+        fh.seek(info.offset + start * row_bytes)
+        if fh.readinto(buffer) != len(buffer):
+            raise SourceError(f"{info.file}: file ended early while reading {name}; re-download the model")
+        flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
+        return flat.view(getattr(torch, info.dtype)).reshape(shape)
 
     def _handle(self, file: Path):
         if file not in self._handles:
@@ -64,19 +83,26 @@ class ModelSource:
         return self._handles[file]
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            if hasattr(handle, "close"):
+                handle.close()
         self._handles.clear()
 
 
-def _open_weights(file: Path):
-    import torch
-    from safetensors import safe_open
+def _element_size(dtype: str) -> int:
+    return ST_DTYPES[TORCH_TO_ST[dtype]][1]
 
-    if file.suffix == ".bin":
-        try:
-            return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - pickle/zip failures of a user file become one line
-            raise SourceError(f"{file}: cannot read this .bin file safely ({str(exc).splitlines()[0][:160]})") from None
-    return safe_open(str(file), framework="pt")
+
+def _open_weights(file: Path):
+    """A .bin file's lazily loaded state dict, or an unbuffered handle on a safetensors file."""
+    import torch
+
+    if file.suffix != ".bin":
+        return open(file, "rb", buffering=0)
+    try:
+        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip failures of a user file become one line
+        raise SourceError(f"{file}: cannot read this .bin file safely ({str(exc).splitlines()[0][:160]})") from None
 
 
 def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
@@ -110,7 +136,7 @@ def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
             count *= dim
         if end - begin != count * elem or end > data_size or begin < 0:
             raise SourceError(f"{file}: truncated or corrupt (tensor '{name}' runs past the data); re-download it")
-        out[name] = TensorInfo(file, dtype, shape)
+        out[name] = TensorInfo(file, dtype, shape, 8 + length + begin)
     return out
 
 

@@ -30,6 +30,7 @@ def make_tokenizer(folder: Path, *, vocab_size: int = 300):
         vocab_size=vocab_size,
         special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(

@@ -84,10 +84,11 @@ def warn_degenerate(routers) -> list[int]:
     conditions = torch.linalg.cond(routers.double())
     bad = [i for i, c in enumerate(conditions.tolist()) if not c < DEGENERATE_CONDITION]
     if bad:
+        where = f"all {len(bad)} layers" if len(bad) == routers.shape[0] > 1 else "layer(s) " + ", ".join(map(str, bad))
         log.warning(
-            "router matrix near-degenerate in layer(s) %s (condition number > %g): the experts' prompts are "
-            "too similar; give each expert more distinct positive prompts",
-            ", ".join(map(str, bad)),
+            "router matrix near-degenerate in %s (condition number > %g): the experts' prompts are too similar; "
+            "give each expert more distinct positive prompts",
+            where,
             DEGENERATE_CONDITION,
         )
     return bad
