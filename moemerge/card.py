@@ -46,7 +46,9 @@ def parameter_counts(shapes: dict[str, tuple[int, ...]], *, num_experts: int, ex
     return total, total - (num_experts - experts_per_token) * expert
 
 
-def model_card(resolved: dict[str, Any], *, arch_class: str, total: int, active: int) -> str:
+def model_card(
+    resolved: dict[str, Any], *, arch_class: str, total: int, active: int, notes: tuple[str, ...] = ()
+) -> str:
     """README.md with Hub front matter, the experts and their prompts, the config and a usage snippet."""
     models = [resolved["base_model"]] + [e["source_model"] for e in resolved["experts"]]
     front = {
@@ -59,6 +61,7 @@ def model_card(resolved: dict[str, Any], *, arch_class: str, total: int, active:
         f"| {i} | `{e['source_model']}` | {'; '.join(e.get('positive_prompts') or []) or '-'} |"
         for i, e in enumerate(resolved["experts"])
     )
+    caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes)
     config_yaml = yaml.safe_dump({k: v for k, v in resolved.items() if k != "sources"}, sort_keys=False)
     return f"""---
 {yaml.safe_dump(front, sort_keys=False)}---
@@ -75,7 +78,7 @@ It has not been trained after merging; the routers were initialised with gate mo
 | expert | source model | positive prompts |
 |---|---|---|
 {rows}
-
+{caveats}
 ## Configuration
 
 ```yaml

@@ -103,12 +103,15 @@ def prepare(config_path: Path, out: Path, options: MergeOptions) -> Prepared:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
     if problems:
         raise problems_error(IncompatibleModelsError, problems)
+    for warning in arch.warnings:
+        log.warning("%s: %s", arch.name, warning)
     seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
     prepared = Prepared(config, base, experts, shared, arch, _output_dtype(config, base), seed)
     specs = [ExpertSpec(e.noise_scale or 0.0, 1.0 if e.residual_scale is None else e.residual_scale)
              for e in config.experts + (config.shared_experts or [])]  # fmt: skip
     prepared.plan = build_plan(
         arch=arch,
+        base_config=base.config,
         headers=[m.tensors for m in [base, *experts, *shared]],
         experts=specs,
         num_routed=len(experts),
@@ -119,10 +122,19 @@ def prepare(config_path: Path, out: Path, options: MergeOptions) -> Prepared:
     return prepared
 
 
-def _side_files(prepared: Prepared, folder: Path, options: MergeOptions, routers_shape) -> None:
+def _moe_shape(prepared: Prepared) -> MoeShape:
+    intermediate = int(prepared.base.config["intermediate_size"])
+    shared_size = None
+    if prepared.shared:
+        shared_size = int(prepared.shared[0].config["intermediate_size"])
+    elif prepared.arch.zero_shared_expert:
+        shared_size = 1  # the zero-output shared expert
+    return MoeShape(len(prepared.experts), prepared.config.experts_per_token, prepared.dtype, intermediate, shared_size)
+
+
+def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> None:
     base = prepared.base
-    shape = MoeShape(len(prepared.experts), prepared.config.experts_per_token, prepared.dtype,
-                     int(base.config["intermediate_size"]))  # fmt: skip
+    shape = _moe_shape(prepared)
     card.write_json(folder / "config.json", prepared.arch.build_config(base.config, shape))
     names = hub.SIDE_FILES if options.copy_tokenizer else ("generation_config.json",)
     for name in names:
@@ -137,7 +149,8 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions, routers
     shapes = {t.name: t.shape for t in prepared.plan.tensors}
     total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
                                           experts_per_token=prepared.config.experts_per_token)  # fmt: skip
-    text = card.model_card(resolved, arch_class=prepared.arch.class_name, total=total, active=active)
+    text = card.model_card(resolved, arch_class=prepared.arch.class_name, total=total, active=active,
+                           notes=prepared.arch.warnings)  # fmt: skip
     (folder / "README.md").write_text(text)
 
 
@@ -156,10 +169,8 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     """Run a whole merge; OUT appears only when everything has been written."""
     progress = progress or (lambda stage, done, total: None)
     prepared = prepare(config_path, out, options)
-    context = GateContext(prepared.base, prepared.config.experts, int(prepared.base.config["num_hidden_layers"]),
-                          int(prepared.base.config["hidden_size"]), prepared.seed, device=options.device)  # fmt: skip
     progress("routers", 0, 1)
-    routers = compute_routers(prepared.config.gate_mode, context)
+    routers = _routers(prepared, options)
     progress("routers", 1, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
@@ -167,7 +178,7 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     tmp.mkdir()
     try:
         _write(prepared, tmp, routers, progress)
-        _side_files(prepared, tmp, options, routers.shape)
+        _side_files(prepared, tmp, options)
         _publish(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,6 +192,22 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
         for model in [prepared.base, *prepared.experts, *prepared.shared]:
             model.close()
     return prepared
+
+
+def _routers(prepared: Prepared, options: MergeOptions) -> dict:
+    """Routed-expert routers and, for architectures with a shared-expert gate, that gate (layers, 1, hidden)."""
+    config = prepared.config
+    layers, hidden = int(prepared.base.config["num_hidden_layers"]), int(prepared.base.config["hidden_size"])
+
+    def context(experts, seed):
+        return GateContext(prepared.base, experts, layers, hidden, seed, device=options.device)
+
+    routers = {"routed": compute_routers(config.gate_mode, context(config.experts, prepared.seed))}
+    if prepared.shared and prepared.arch.shared_gate:
+        shared = config.shared_experts[0]
+        mode = config.gate_mode if shared.positive_prompts else "random"
+        routers["shared"] = compute_routers(mode, context([shared], prepared.seed + 1))
+    return routers
 
 
 def _write(prepared: Prepared, folder: Path, routers, progress: Progress) -> None:

@@ -23,9 +23,15 @@ class FromModel:
 
 @dataclass(frozen=True)
 class FromRouter:
-    """Row block `layer` of the routers (layers, experts, hidden)."""
+    """Layer `layer` of the routers (layers, experts, hidden): `routed`, or `shared` for a shared-expert gate."""
 
     layer: int
+    group: str = "routed"
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """A tensor of zeros (a zero-output shared expert, zero attention biases)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class PlannedTensor:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    source: FromModel | FromRouter
+    source: FromModel | FromRouter | Zeros
     noise_scale: float = 0.0  # add randn * noise_scale (seeded by tensor name)
     scale: float = 1.0  # multiply (residual_scale on down projections)
 
@@ -87,8 +93,20 @@ def _cast(dtype: str, out_dtype: str) -> str:
     return out_dtype if dtype in FLOAT_DTYPES else dtype
 
 
+def _zero_shared(arch: OutputArch, layer: int, hidden: int, dtype: str) -> list[PlannedTensor]:
+    """A shared expert of intermediate size 1 whose down projection is zero: it adds exactly nothing."""
+    shapes = {"gate": (1, hidden), "up": (1, hidden), "down": (hidden, 1)}
+    return [PlannedTensor(arch.shared_expert[r].format(layer=layer), shapes[r], dtype, Zeros()) for r in shapes]
+
+
 def _moe_block(arch, layer, headers, experts, num_routed, hidden, dtype) -> list[PlannedTensor]:
     block = [PlannedTensor(arch.router.format(layer=layer), (num_routed, hidden), dtype, FromRouter(layer))]
+    has_shared = len(experts) > num_routed
+    if arch.shared_expert and not has_shared and arch.zero_shared_expert:
+        block += _zero_shared(arch, layer, hidden, dtype)
+    if arch.shared_gate:
+        source = FromRouter(layer, "shared") if has_shared else Zeros()
+        block.append(PlannedTensor(arch.shared_gate.format(layer=layer), (1, hidden), dtype, source))
     for index, spec in enumerate(experts):
         templates = arch.experts if index < num_routed else arch.shared_expert
         for role in ("gate", "up", "down"):
@@ -110,6 +128,7 @@ def _moe_block(arch, layer, headers, experts, num_routed, hidden, dtype) -> list
 def build_plan(
     *,
     arch: OutputArch,
+    base_config: dict,
     headers: list[dict[str, TensorInfo]],
     experts: list[ExpertSpec],
     num_routed: int,
@@ -120,7 +139,11 @@ def build_plan(
     """Every output tensor in write order (embeddings, layer by layer with its MoE block, final norm, head)."""
     tensors: list[PlannedTensor] = []
     done_layers: set[int] = set()
-    for name in sorted(headers[0], key=_order):
+    zeros = arch.zero_tensors(base_config, set(headers[0]))
+    for name in sorted([*headers[0], *zeros], key=_order):
+        if name in zeros:
+            tensors.append(PlannedTensor(name, zeros[name], dtype, Zeros()))
+            continue
         info = headers[0][name]
         if not is_dense_mlp(name):
             tensors.append(PlannedTensor(name, info.shape, _cast(info.dtype, dtype), FromModel(0, name)))

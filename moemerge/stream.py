@@ -6,7 +6,7 @@ import zlib
 from collections.abc import Iterator
 
 from moemerge.errors import SourceError
-from moemerge.plan import FromModel, FromRouter, PlannedTensor
+from moemerge.plan import FromModel, FromRouter, PlannedTensor, Zeros
 from moemerge.sources import ModelSource
 
 CHUNK_BYTES = 64 * 1024**2  # one read/convert/write step; bounds memory whatever the tensor size
@@ -40,8 +40,10 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
     import torch
 
     match tensor.source:
-        case FromRouter(layer=layer):
-            yield routers[layer].to(getattr(torch, tensor.dtype))
+        case FromRouter(layer=layer, group=group):
+            yield routers[group][layer].to(getattr(torch, tensor.dtype))
+        case Zeros():
+            yield torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype))
         case FromModel(model=model, name=name):
             source = sources[model]
             for rows in _row_ranges(tensor):
@@ -52,6 +54,9 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
 
 
 def stream_tensors(tensors: list[PlannedTensor], *, sources: list[ModelSource], routers, seed: int):
-    """(name, iterator of chunks) for each planned tensor; chunks are consecutive row blocks in the output dtype."""
+    """(name, iterator of chunks) for each planned tensor; chunks are consecutive row blocks in the output dtype.
+
+    `routers` maps a router group (`routed`, `shared`) to a (layers, rows, hidden) tensor.
+    """
     for tensor in tensors:
         yield tensor.name, _chunks(tensor, sources, routers, seed)

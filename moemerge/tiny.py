@@ -50,6 +50,8 @@ def model_config(family: str = "llama", **overrides):
         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         initializer_range=0.2, tie_word_embeddings=False,
     )  # fmt: skip
+    if family == "qwen3":
+        fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
     fields.update(overrides)
     return getattr(transformers, classes[family])(**fields)
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from moemerge.archs.base import DENSE_MLP, MoeShape, OutputArch
+from moemerge.archs.deepseek import DEEPSEEK
 from moemerge.archs.mixtral import MIXTRAL
+from moemerge.archs.qwen2_moe import QWEN2_MOE
+from moemerge.archs.qwen3_moe import QWEN3_MOE
 
-ARCHITECTURES: dict[str, OutputArch] = {arch.name: arch for arch in (MIXTRAL,)}
+# order = preference when the config names no architecture: llama/mistral -> mixtral, qwen2 -> qwen2_moe, ...
+ARCHITECTURES: dict[str, OutputArch] = {arch.name: arch for arch in (MIXTRAL, QWEN2_MOE, QWEN3_MOE, DEEPSEEK)}
 
 __all__ = ["ARCHITECTURES", "DENSE_MLP", "MoeShape", "OutputArch", "choose_architecture"]
 
@@ -23,7 +27,8 @@ def choose_architecture(
     for arch in candidates:
         why = arch.reasons(config, tensor_names)
         if num_shared > arch.max_shared_experts:
-            why.append(f"takes at most {arch.max_shared_experts} shared experts, the config gives {num_shared}")
+            allowed = f"at most {arch.max_shared_experts}" if arch.max_shared_experts else "no"
+            why.append(f"takes {allowed} shared experts, the config gives {num_shared}")
         if not why:
             return arch, []
         reasons += [f"{arch.name}: {reason}" for reason in why]

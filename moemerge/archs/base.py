@@ -37,10 +37,14 @@ class OutputArch:
     router: str
     experts: dict[str, str]
     build_config: Callable[[dict[str, Any], MoeShape], dict[str, Any]]
-    shared_expert: dict[str, str] = field(default_factory=dict)
-    shared_gate: str | None = None
+    shared_expert: dict[str, str] = field(default_factory=dict)  # role -> template with {layer}
+    shared_gate: str | None = None  # (1, hidden) sigmoid gate of the shared expert
     max_shared_experts: int = 0
+    zero_shared_expert: bool = False  # no shared expert given: write one whose output is exactly zero
     extra_reasons: Callable[[dict[str, Any], set[str]], list[str]] = lambda config, names: []
+    # tensors the output needs that the base lacks, written as zeros: (config, base names) -> {name: shape}
+    zero_tensors: Callable[[dict[str, Any], set[str]], dict[str, tuple[int, ...]]] = lambda config, names: {}
+    warnings: tuple[str, ...] = ()  # said at merge time and written in the model card
 
     def reasons(self, config: dict[str, Any], tensor_names: set[str]) -> list[str]:
         """Why this architecture cannot be built from a base with this config and these tensors ([] = it can)."""

@@ -1,0 +1,81 @@
+"""Qwen2-MoE output (`Qwen2MoeForCausalLM`) from qwen2 bases, and from llama/mistral bases with zero q/k/v biases.
+
+Always has a shared expert: `shared_experts[0]` with a gate from its prompts, or a zero-output one (intermediate size
+1, zero down projection) so that the model equals its routed mixture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moemerge.archs.base import MoeShape, OutputArch, common_config
+
+LLAMA_ONLY_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "head_dim")
+LLAMACPP_CAVEAT = (
+    "llama.cpp's Qwen2-MoE runtime ignores norm_topk_prob and never renormalises the top-k routing weights: a GGUF "
+    "conversion of this model weights the routed experts by their raw top-k probabilities"
+)
+
+
+def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
+    config = {k: v for k, v in common_config(base, dtype=shape.dtype).items() if k not in LLAMA_ONLY_KEYS}
+    config.pop("layer_types", None)  # recomputed by transformers from use_sliding_window
+    config.update(
+        architectures=["Qwen2MoeForCausalLM"],
+        model_type="qwen2_moe",
+        num_experts=shape.num_experts,
+        num_experts_per_tok=shape.experts_per_token,
+        moe_intermediate_size=shape.intermediate_size,
+        shared_expert_intermediate_size=shape.shared_intermediate_size,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        use_sliding_window=False,
+        sliding_window=None,
+        qkv_bias=True,
+        output_router_logits=False,
+    )
+    return config
+
+
+def _reasons(config: dict[str, Any], names: set[str]) -> list[str]:
+    if config.get("mlp_bias") or any(n.endswith(".bias") and ".mlp." in n for n in names):
+        return ["has no MLP biases, but the base has them (they would be dropped)"]
+    if config.get("model_type") != "qwen2" and any(".o_proj.bias" in n for n in names):
+        return ["has no o_proj bias, but the base has one (it would be dropped)"]
+    head_dim = config.get("head_dim")
+    if head_dim and head_dim != config["hidden_size"] // config["num_attention_heads"]:
+        return [f"derives head_dim from hidden_size / heads, but the base sets head_dim {head_dim}"]
+    return []
+
+
+def _zero_biases(config: dict[str, Any], names: set[str]) -> dict[str, tuple[int, ...]]:
+    """q/k/v biases for a llama/mistral base, which has none: zeros keep its attention exactly."""
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config["hidden_size"] // heads
+    sizes = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+    out = {}
+    for layer in range(config["num_hidden_layers"]):
+        for proj, size in sizes.items():
+            name = f"model.layers.{layer}.self_attn.{proj}.bias"
+            if name not in names:
+                out[name] = (size,)
+    return out
+
+
+QWEN2_MOE = OutputArch(
+    name="qwen2_moe",
+    model_type="qwen2_moe",
+    class_name="Qwen2MoeForCausalLM",
+    input_types=("qwen2", "llama", "mistral"),
+    router="model.layers.{layer}.mlp.gate.weight",
+    experts={role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")},
+    shared_expert={role: f"model.layers.{{layer}}.mlp.shared_expert.{role}_proj.weight" for role in ("gate", "up", "down")},
+    shared_gate="model.layers.{layer}.mlp.shared_expert_gate.weight",
+    max_shared_experts=1,
+    zero_shared_expert=True,
+    build_config=build_config,
+    extra_reasons=_reasons,
+    zero_tensors=_zero_biases,
+    warnings=(LLAMACPP_CAVEAT,),
+)
