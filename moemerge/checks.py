@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from moemerge.archs import DENSE_MLP
+from moemerge.archs.inputs import mlp_source_names
 from moemerge.config import PROMPT_GATE_MODES, MergeConfig
 from moemerge.sources import ModelSource
 
@@ -69,9 +69,8 @@ def _missing_mlp(base: ModelSource, expert: ModelSource, label: str) -> list[str
 
 
 def mlp_names(config: dict) -> set[str]:
-    """Every dense MLP tensor name the base config implies."""
-    layers = int(config.get("num_hidden_layers") or 0)
-    return {template.format(layer=layer) for layer in range(layers) for template in DENSE_MLP.values()}
+    """Every MLP tensor name the base config implies (what each expert must supply)."""
+    return mlp_source_names(config)
 
 
 def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, allow_crimes: bool) -> list[str]:
@@ -80,7 +79,7 @@ def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, a
     missing_in_base = sorted(mlp_names(base.config) - set(base.tensors))
     if missing_in_base:
         problems.append(f"base_model '{base.ref}': no dense MLP tensor {missing_in_base[0]} "
-                        f"(model_type '{base.model_type}' is not a dense llama/mistral/qwen-style model)")  # fmt: skip
+                        f"(model_type '{base.model_type}' is not a dense llama/mistral/qwen/phi3-style model)")  # fmt: skip
     base_dims = _dims(base.config)
     for label, expert in experts:
         label = f"{label} '{expert.ref}'"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from moemerge.archs import DENSE_MLP, OutputArch
+from moemerge.archs import OutputArch
+from moemerge.archs.inputs import Part, mlp_parts, mlp_source_names, split_parts
 from moemerge.sources import TensorInfo
 
 LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -15,10 +16,11 @@ ELEMENT_SIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64"
 
 @dataclass(frozen=True)
 class FromModel:
-    """A source tensor: model 0 is the base, 1..E the experts, E+1.. the shared experts."""
+    """A source tensor (rows from `start` on): model 0 is the base, 1..E the experts, E+1.. the shared experts."""
 
     model: int
     name: str
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,6 @@ def _order(name: str) -> tuple[int, int, str]:
     return (0 if "embed" in name else 2, 0, name)
 
 
-def is_dense_mlp(name: str) -> bool:
-    match = LAYER.match(name)
-    return bool(match) and name in {t.format(layer=match.group(1)) for t in DENSE_MLP.values()}
-
-
 def _cast(dtype: str, out_dtype: str) -> str:
     return out_dtype if dtype in FLOAT_DTYPES else dtype
 
@@ -99,7 +96,13 @@ def _zero_shared(arch: OutputArch, layer: int, hidden: int, dtype: str) -> list[
     return [PlannedTensor(arch.shared_expert[r].format(layer=layer), shapes[r], dtype, Zeros()) for r in shapes]
 
 
-def _moe_block(arch, layer, headers, experts, num_routed, hidden, dtype) -> list[PlannedTensor]:
+def _part(part: Part, model: int, info: TensorInfo, dtype: str, **transform) -> tuple[tuple[int, ...], FromModel]:
+    """Output shape and source of `part` of a tensor whose full shape is info.shape."""
+    stop = info.shape[0] if part.stop is None else part.stop
+    return (stop - part.start, *info.shape[1:]), FromModel(model, part.name, part.start)
+
+
+def _moe_block(arch, config, layer, headers, experts, num_routed, hidden, dtype) -> list[PlannedTensor]:
     block = [PlannedTensor(arch.router.format(layer=layer), (num_routed, hidden), dtype, FromRouter(layer))]
     has_shared = len(experts) > num_routed
     if arch.shared_expert and not has_shared and arch.zero_shared_expert:
@@ -109,15 +112,15 @@ def _moe_block(arch, layer, headers, experts, num_routed, hidden, dtype) -> list
         block.append(PlannedTensor(arch.shared_gate.format(layer=layer), (1, hidden), dtype, source))
     for index, spec in enumerate(experts):
         templates = arch.experts if index < num_routed else arch.shared_expert
-        for role in ("gate", "up", "down"):
-            source = DENSE_MLP[role].format(layer=layer)
-            info = headers[index + 1][source]
+        for role, part in mlp_parts(config, layer).items():
+            info = headers[index + 1][part.name]
+            shape, source = _part(part, index + 1, info, dtype)
             block.append(
                 PlannedTensor(
                     templates[role].format(layer=layer, expert=index),
-                    info.shape,
+                    shape,
                     _cast(info.dtype, dtype),
-                    FromModel(index + 1, source),
+                    source,
                     noise_scale=spec.noise_scale,
                     scale=spec.residual_scale if role == "down" else 1.0,
                 )
@@ -140,18 +143,22 @@ def build_plan(
     tensors: list[PlannedTensor] = []
     done_layers: set[int] = set()
     zeros = arch.zero_tensors(base_config, set(headers[0]))
-    for name in sorted([*headers[0], *zeros], key=_order):
+    mlp = mlp_source_names(base_config)
+    splits = {k: v for layer in range(int(base_config["num_hidden_layers"])) for k, v in split_parts(base_config, layer).items()}
+    names = [n for n in headers[0] if n not in splits] + [out for parts in splits.values() for out in parts]
+    for name in sorted([*names, *zeros], key=_order):
         if name in zeros:
             tensors.append(PlannedTensor(name, zeros[name], dtype, Zeros()))
-            continue
-        info = headers[0][name]
-        if not is_dense_mlp(name):
-            tensors.append(PlannedTensor(name, info.shape, _cast(info.dtype, dtype), FromModel(0, name)))
-            continue
-        layer = int(LAYER.match(name).group(1))
-        if layer not in done_layers:
-            done_layers.add(layer)
-            tensors += _moe_block(arch, layer, headers, experts, num_routed, hidden_size, dtype)
+        elif name in mlp:
+            layer = int(LAYER.match(name).group(1))
+            if layer not in done_layers:
+                done_layers.add(layer)
+                tensors += _moe_block(arch, base_config, layer, headers, experts, num_routed, hidden_size, dtype)
+        else:
+            part = next((p[name] for p in splits.values() if name in p), Part(name))
+            info = headers[0][part.name]
+            shape, source = _part(part, 0, info, dtype)
+            tensors.append(PlannedTensor(name, shape, _cast(info.dtype, dtype), source))
     return Plan(arch, split_shards(tensors, max_shard_bytes))
 
 

@@ -44,9 +44,13 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
             yield routers[group][layer].to(getattr(torch, tensor.dtype))
         case Zeros():
             yield torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype))
-        case FromModel(model=model, name=name):
+        case FromModel(model=model, name=name, start=start):
             source = sources[model]
+            partial = start != 0 or tensor.shape != source.tensors[name].shape  # a piece of a fused tensor
             for rows in _row_ranges(tensor):
+                if partial:
+                    rows = rows or slice(0, tensor.shape[0])
+                    rows = slice(start + rows.start, start + rows.stop)
                 raw = source.read(name, rows)
                 if raw.is_floating_point() and not raw.isfinite().all():
                     raise SourceError(f"model '{source.ref}': tensor {name} contains NaN or Inf; the model is broken")

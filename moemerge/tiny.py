@@ -15,7 +15,7 @@ CORPUS = [
     "Hello! How are you today?", "Tell me about the weather in Paris.", "Thank you, that was helpful.",
     "Write a poem about the sea.", "The quick brown fox jumps over the lazy dog.", "Explain quantum physics simply.",
 ]  # fmt: skip
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def make_tokenizer(folder: Path, *, vocab_size: int = 300):
@@ -44,7 +44,8 @@ def model_config(family: str = "llama", **overrides):
     """A tiny config of `family` (2 layers, hidden 32) with float32 weights."""
     import transformers
 
-    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
+    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+               "phi3": "Phi3Config"}  # fmt: skip
     fields = dict(
         vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=3,

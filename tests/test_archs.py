@@ -33,6 +33,7 @@ def merge_same(models, write_config, cli, tmp_path, family, arch=None, shared=No
     ("mistral", "qwen2_moe", None, "qwen2_moe"),
     ("qwen3", None, None, "qwen3_moe"),
     ("llama", "Mixtral", None, "mixtral"),
+    ("phi3", None, None, "mixtral"),
 ])  # fmt: skip
 def test_identical_experts_equal_base(models, write_config, cli, tmp_path, family, arch, shared, expected):
     base, out = merge_same(models, write_config, cli, tmp_path, family, arch, shared)
@@ -41,6 +42,20 @@ def test_identical_experts_equal_base(models, write_config, cli, tmp_path, famil
     dense = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     torch.testing.assert_close(logits(moe, IDS), logits(dense, IDS), atol=1e-5, rtol=0)
     assert moe.generate(torch.tensor([IDS[:3]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
+
+
+def test_phi3_fused_tensors_are_split(models, write_config, cli, tmp_path):
+    base = models.base("phi3")
+    data = {"base_model": str(base), "gate_mode": "random", "experts": [{"source_model": str(base)}] * 2}
+    assert cli(write_config(data), tmp_path / "out", ALLOW_SAME, "-q", "--out-shard-size", "3k")[0] == 0
+    out, src = all_tensors(tmp_path / "out"), all_tensors(base)
+    qkv, gate_up = src["model.layers.1.self_attn.qkv_proj.weight"], src["model.layers.1.mlp.gate_up_proj.weight"]
+    assert torch.equal(out["model.layers.1.self_attn.q_proj.weight"], qkv[:32])
+    assert torch.equal(out["model.layers.1.self_attn.k_proj.weight"], qkv[32:48])
+    assert torch.equal(out["model.layers.1.self_attn.v_proj.weight"], qkv[48:])
+    assert torch.equal(out["model.layers.1.block_sparse_moe.experts.1.w1.weight"], gate_up[:64])
+    assert torch.equal(out["model.layers.1.block_sparse_moe.experts.1.w3.weight"], gate_up[64:])
+    assert not any("qkv_proj" in n or "gate_up" in n for n in out)
 
 
 def test_qwen2_moe_zero_shared_expert_and_biases(models, write_config, cli, tmp_path):
@@ -104,11 +119,12 @@ CHOICES = [
     ({"model_type": "llama"}, None, 1, "qwen2_moe", []),
     ({"model_type": "llama"}, "deepseek", 1, "deepseek", []),
     ({"model_type": "phi"}, None, 0, None, [
-        "mixtral: takes llama or mistral models, not 'phi'", "qwen2_moe: takes qwen2 or llama or mistral models, not 'phi'",
+        "mixtral: takes llama or mistral or phi3 models, not 'phi'", "qwen2_moe: takes qwen2 or llama or mistral models, not 'phi'",
         "qwen3_moe: takes qwen3 models, not 'phi'", "deepseek: takes llama or mistral models, not 'phi'"]),
-    ({"model_type": "qwen2"}, "mixtral", 0, None, ["mixtral: takes llama or mistral models, not 'qwen2'"]),
+    ({"model_type": "qwen2"}, "mixtral", 0, None, ["mixtral: takes llama or mistral or phi3 models, not 'qwen2'"]),
+    ({"model_type": "phi3"}, None, 0, "mixtral", []),
     ({"model_type": "qwen3"}, None, 1, None, [
-        "mixtral: takes llama or mistral models, not 'qwen3'", "mixtral: takes no shared experts, the config gives 1",
+        "mixtral: takes llama or mistral or phi3 models, not 'qwen3'", "mixtral: takes no shared experts, the config gives 1",
         "qwen2_moe: takes qwen2 or llama or mistral models, not 'qwen3'",
         "qwen3_moe: takes no shared experts, the config gives 1", "deepseek: takes llama or mistral models, not 'qwen3'"]),
 ]  # fmt: skip
@@ -126,3 +142,16 @@ def test_biased_llama_goes_to_qwen2_moe_not_mixtral():
     arch, _ = choose_architecture(None, {"hidden_size": 32, "num_attention_heads": 4, **BIASED},
                                   {"model.layers.0.self_attn.q_proj.bias"}, num_shared=0)  # fmt: skip
     assert arch is ARCHITECTURES["qwen2_moe"]
+
+
+@pytest.mark.parametrize("family,arch", [("qwen2", "qwen2_moe"), ("qwen3", "qwen3_moe"), ("llama", "qwen2_moe")])
+def test_tied_embeddings_every_architecture(models, write_config, cli, tmp_path, family, arch):
+    base = models.base(family, tie_word_embeddings=True)
+    data = {"base_model": str(base), "gate_mode": "random", "architecture": arch,
+            "experts": [{"source_model": str(base)}] * 2}  # fmt: skip
+    assert cli(write_config(data), tmp_path / "out", ALLOW_SAME, "-q")[0] == 0
+    assert "lm_head.weight" not in all_tensors(tmp_path / "out")
+    moe = load_moe(tmp_path / "out")
+    assert moe.lm_head.weight.data_ptr() == moe.model.embed_tokens.weight.data_ptr()
+    dense = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(moe, IDS), logits(dense, IDS), atol=1e-5, rtol=0)

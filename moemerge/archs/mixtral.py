@@ -1,4 +1,4 @@
-"""Mixtral output (`MixtralForCausalLM`) from llama and mistral bases."""
+"""Mixtral output (`MixtralForCausalLM`) from llama, mistral and phi3 bases (phi3's fused qkv/gate_up are split)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from typing import Any
 
 from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config
 
-DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp")
+DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "resid_pdrop", "embd_pdrop", "partial_rotary_factor")
+
+
+def _reasons(config: dict[str, Any], names: set[str]) -> list[str]:
+    if config.get("partial_rotary_factor", 1.0) != 1.0:
+        return ["rotates every head dimension, but the base uses partial_rotary_factor "
+                f"{config['partial_rotary_factor']}"]  # fmt: skip
+    return bias_reasons(config, names)
 
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
@@ -27,7 +34,7 @@ MIXTRAL = OutputArch(
     name="mixtral",
     model_type="mixtral",
     class_name="MixtralForCausalLM",
-    input_types=("llama", "mistral"),
+    input_types=("llama", "mistral", "phi3"),
     router="model.layers.{layer}.block_sparse_moe.gate.weight",
     experts={
         "gate": "model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight",
@@ -35,5 +42,5 @@ MIXTRAL = OutputArch(
         "up": "model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight",
     },
     build_config=build_config,
-    extra_reasons=bias_reasons,
+    extra_reasons=_reasons,
 )
