@@ -24,7 +24,7 @@ def main() -> None:
     prompt = config["experts"][0]["positive_prompts"][0]
     ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False, return_tensors="pt")
     generated = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    print(f"generate({prompt!r}) -> {tokenizer.decode(generated[0][ids['input_ids'].shape[1]:])!r}")
+    print(f"generate({prompt!r}) -> {tokenizer.decode(generated[0][ids['input_ids'].shape[1] :])!r}")
     print("(the demo's experts are random weights, so the text is noise; the routing below is the point)\n")
     sets = {f"expert {i} prompts": e["positive_prompts"] for i, e in enumerate(config["experts"])}
     shares = routing_shares(out, sets)

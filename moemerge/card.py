@@ -32,7 +32,9 @@ def write_resolved(folder: Path, resolved: dict[str, Any]) -> None:
     (folder / "moemerge.yml").write_text(text)
 
 
-def parameter_counts(shapes: dict[str, tuple[int, ...]], *, num_experts: int, experts_per_token: int) -> tuple[int, int]:
+def parameter_counts(
+    shapes: dict[str, tuple[int, ...]], *, num_experts: int, experts_per_token: int
+) -> tuple[int, int]:
     """(total, active per token): active counts experts_per_token routed experts instead of all of them."""
 
     def numel(shape: tuple[int, ...]) -> int:

@@ -37,9 +37,7 @@ def check_config_rules(config: MergeConfig) -> list[str]:
                 )
             problems += _prompt_problems(f"{group}[{i}].positive_prompts", expert.positive_prompts)
             problems += _prompt_problems(f"{group}[{i}].negative_prompts", expert.negative_prompts)
-    prompt_sets = {
-        (frozenset(e.positive_prompts or []), frozenset(e.negative_prompts or [])) for e in config.experts
-    }
+    prompt_sets = {(frozenset(e.positive_prompts or []), frozenset(e.negative_prompts or [])) for e in config.experts}
     if needs_prompts and n > 1 and len(prompt_sets) == 1 and config.experts[0].positive_prompts:
         problems.append("experts: every expert has the same prompts, so their routers would be identical; give each "
                         "expert prompts of its own")  # fmt: skip
@@ -61,10 +59,14 @@ def _missing_mlp(base: ModelSource, expert: ModelSource, label: str) -> list[str
     problems = []
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        problems.append(f"{label}: missing MLP tensor {missing[0]}{more}; the expert must be a full model of the same shape")
+        problems.append(
+            f"{label}: missing MLP tensor {missing[0]}{more}; the expert must be a full model of the same shape"
+        )
     if wrong:
         n = wrong[0]
-        problems.append(f"{label}: {n} has shape {list(expert.tensors[n].shape)}, base has {list(base.tensors[n].shape)}")
+        problems.append(
+            f"{label}: {n} has shape {list(expert.tensors[n].shape)}, base has {list(base.tensors[n].shape)}"
+        )
     return problems
 
 
@@ -104,8 +106,8 @@ def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same:
     """All experts the same model makes a MoE that equals one dense model; refuse unless the user insists."""
     if allow_same or len(experts) < 2 or len({e.path for e in experts}) > 1:
         return []
-    return ["experts: every expert is the same model, so the MoE equals that dense model; pass "
-            "--i-understand-this-is-not-useful-without-training to build it anyway"]  # fmt: skip
+    flag = "--i-understand-this-is-not-useful-without-training"
+    return [f"experts: every expert is the same model, so the MoE equals that dense model; pass {flag} to build it"]
 
 
 def check_output(out: Path, *, overwrite: bool) -> list[str]:

@@ -78,7 +78,8 @@ def merge(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:  # fmt: skip
-    from moemerge.pipeline import MergeOptions, merge as run_merge
+    from moemerge.pipeline import MergeOptions
+    from moemerge.pipeline import merge as run_merge
 
     _setup_logging(verbose, quiet)
     if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -133,7 +134,7 @@ def _run(command, args: list[str], debug: bool) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one boundary that turns any failure into one line
+    except Exception as exc:
         if debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -147,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     if args in (["--version"], ["-V"]):
         print(f"moemerge {__version__}")
         raise SystemExit(0)
-    debug = os.environ.get("MOEMERGE_DEBUG") == "1" or any(re.fullmatch(r"-v{2,}", a) for a in args) or (
-        args.count("-v") + args.count("--verbose") >= 2
+    debug = (
+        os.environ.get("MOEMERGE_DEBUG") == "1"
+        or any(re.fullmatch(r"-v{2,}", a) for a in args)
+        or (args.count("-v") + args.count("--verbose") >= 2)
     )
     target = SUBCOMMANDS.get(args[0]) if args else None
     command = typer.main.get_command(target or app)

@@ -144,7 +144,11 @@ def build_plan(
     done_layers: set[int] = set()
     zeros = arch.zero_tensors(base_config, set(headers[0]))
     mlp = mlp_source_names(base_config)
-    splits = {k: v for layer in range(int(base_config["num_hidden_layers"])) for k, v in split_parts(base_config, layer).items()}
+    splits = {
+        k: v
+        for layer in range(int(base_config["num_hidden_layers"]))
+        for k, v in split_parts(base_config, layer).items()
+    }
     names = [n for n in headers[0] if n not in splits] + [out for parts in splits.values() for out in parts]
     for name in sorted([*names, *zeros], key=_order):
         if name in zeros:

@@ -46,11 +46,11 @@ def model_config(family: str = "llama", **overrides):
 
     classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
                "phi3": "Phi3Config"}  # fmt: skip
-    fields = dict(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-        initializer_range=0.2, tie_word_embeddings=False,
-    )  # fmt: skip
+    fields = {
+        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "bos_token_id": 1,
+        "eos_token_id": 2, "pad_token_id": 3, "initializer_range": 0.2, "tie_word_embeddings": False,
+    }  # fmt: skip
     if family == "qwen3":
         fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
     fields.update(overrides)

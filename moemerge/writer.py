@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moemerge.errors import MergeFailedError
-from moemerge.sources import TORCH_TO_ST, ST_DTYPES
+from moemerge.sources import ST_DTYPES, TORCH_TO_ST
 
 
 @dataclass(frozen=True)

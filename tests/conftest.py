@@ -11,8 +11,8 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from moemerge import tiny  # noqa: E402
-from moemerge.cli import main  # noqa: E402
+from moemerge import tiny
+from moemerge.cli import main
 
 
 class Models:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import load_moe, logits
+from test_merge_mixtral import ALLOW_SAME, IDS, all_tensors
 from transformers import AutoModelForCausalLM
 
-from conftest import load_moe, logits
 from moemerge.archs import ARCHITECTURES, choose_architecture
-from test_merge_mixtral import ALLOW_SAME, IDS, all_tensors
 
 
 def merge_same(models, write_config, cli, tmp_path, family, arch=None, shared=None, n=3, k=2):

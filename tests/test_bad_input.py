@@ -80,8 +80,10 @@ CASES = {
     "bad_gate_mode": (lambda z: cfg(z, gate_mode="smart"), "unknown gate_mode 'smart'"),
     "too_many_per_token": (lambda z: cfg(z, experts_per_token=3), "experts_per_token: 3 is more than the 2"),
     "missing_prompts": (
-        lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": P},
-                                         {"source_model": str(z["e2"])}]},
+        lambda z: {
+            **cfg(z),
+            "experts": [{"source_model": str(z["e1"]), "positive_prompts": P}, {"source_model": str(z["e2"])}],
+        },
         "experts[1].positive_prompts: gate_mode 'cheap_embed' needs positive prompts",
     ),
     "identical_prompts": (

@@ -69,3 +69,17 @@ def test_qwen3_moe_from_qwen3_8b():
     assert shapes["model.layers.35.self_attn.q_proj.weight"] == (4096, 4096)
     assert shapes["model.layers.35.mlp.experts.3.down_proj.weight"] == (4096, 12288)
     assert not any(".shared" in n or n.endswith(".bias") for n in shapes)
+
+
+def test_mixtral_from_phi3_mini():
+    REAL["phi-3-mini"] = ("Phi3Config", dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32))  # fmt: skip
+    _, plan = plan_for("phi-3-mini", "mixtral", 4)
+    shapes = {t.name: t.shape for t in plan.tensors}
+    assert shapes["model.layers.31.self_attn.q_proj.weight"] == (3072, 3072)
+    assert shapes["model.layers.31.self_attn.v_proj.weight"] == (3072, 3072)
+    assert shapes["model.layers.31.block_sparse_moe.experts.3.w1.weight"] == (8192, 3072)
+    assert shapes["model.layers.31.block_sparse_moe.experts.3.w3.weight"] == (8192, 3072)
+    assert not any("qkv_proj" in n or "gate_up_proj" in n for n in shapes)
+    sources = {t.name: t.source for t in plan.tensors}
+    assert sources["model.layers.0.block_sparse_moe.experts.0.w3.weight"].start == 8192

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from test_merge_mixtral import all_tensors
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPTS = {
     "code": (["def add(a, b): return a + b", "import numpy as np"], []),

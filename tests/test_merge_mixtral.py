@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import load_moe, logits
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
-
-from conftest import load_moe, logits
 
 IDS = [1, 17, 42, 99, 5, 250, 7, 64, 33, 120, 8, 2]
 ALLOW_SAME = "--i-understand-this-is-not-useful-without-training"

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import load_moe, logits
 from safetensors import safe_open
+from test_merge_mixtral import ALLOW_SAME, IDS, all_tensors
 from transformers import AutoModelForCausalLM
 
-from conftest import load_moe, logits
 from moemerge import tiny
 from moemerge.cli import parse_size
-from test_merge_mixtral import ALLOW_SAME, IDS, all_tensors
 
 
 def same_expert_config(write_config, base, n=2, **extra):
@@ -22,7 +22,9 @@ def same_expert_config(write_config, base, n=2, **extra):
 
 def test_small_shard_size_gives_valid_index(models, write_config, cli, tmp_path):
     base = models.base("llama")
-    code, _, err = cli(same_expert_config(write_config, base), tmp_path / "out", ALLOW_SAME, "--out-shard-size", "20k", "-q")
+    code, _, err = cli(
+        same_expert_config(write_config, base), tmp_path / "out", ALLOW_SAME, "--out-shard-size", "20k", "-q"
+    )
     assert code == 0, err
     out = tmp_path / "out"
     shards = sorted(out.glob("model-*.safetensors"))

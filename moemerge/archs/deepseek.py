@@ -45,8 +45,12 @@ DEEPSEEK = OutputArch(
     class_name="DeepseekForCausalLM",
     input_types=("llama", "mistral"),
     router="model.layers.{layer}.mlp.gate.weight",
-    experts={role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")},
-    shared_expert={role: f"model.layers.{{layer}}.mlp.shared_experts.{role}_proj.weight" for role in ("gate", "up", "down")},
+    experts={
+        role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")
+    },
+    shared_expert={
+        role: f"model.layers.{{layer}}.mlp.shared_experts.{role}_proj.weight" for role in ("gate", "up", "down")
+    },
     max_shared_experts=1,
     build_config=build_config,
     extra_reasons=bias_reasons,

@@ -11,8 +11,8 @@ DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "resid_pdrop", "
 
 def _reasons(config: dict[str, Any], names: set[str]) -> list[str]:
     if config.get("partial_rotary_factor", 1.0) != 1.0:
-        return ["rotates every head dimension, but the base uses partial_rotary_factor "
-                f"{config['partial_rotary_factor']}"]  # fmt: skip
+        factor = config["partial_rotary_factor"]
+        return [f"rotates every head dimension, but the base uses partial_rotary_factor {factor}"]
     return bias_reasons(config, names)
 
 

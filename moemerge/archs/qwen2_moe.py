@@ -69,8 +69,12 @@ QWEN2_MOE = OutputArch(
     class_name="Qwen2MoeForCausalLM",
     input_types=("qwen2", "llama", "mistral"),
     router="model.layers.{layer}.mlp.gate.weight",
-    experts={role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")},
-    shared_expert={role: f"model.layers.{{layer}}.mlp.shared_expert.{role}_proj.weight" for role in ("gate", "up", "down")},
+    experts={
+        role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")
+    },
+    shared_expert={
+        role: f"model.layers.{{layer}}.mlp.shared_expert.{role}_proj.weight" for role in ("gate", "up", "down")
+    },
     shared_gate="model.layers.{layer}.mlp.shared_expert_gate.weight",
     max_shared_experts=1,
     zero_shared_expert=True,

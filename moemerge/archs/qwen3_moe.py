@@ -32,7 +32,9 @@ QWEN3_MOE = OutputArch(
     class_name="Qwen3MoeForCausalLM",
     input_types=("qwen3",),
     router="model.layers.{layer}.mlp.gate.weight",
-    experts={role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")},
+    experts={
+        role: f"model.layers.{{layer}}.mlp.experts.{{expert}}.{role}_proj.weight" for role in ("gate", "up", "down")
+    },
     build_config=build_config,
     extra_reasons=bias_reasons,
 )
