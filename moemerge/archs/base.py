@@ -77,6 +77,21 @@ def common_config(base: dict[str, Any], *, dtype: str) -> dict[str, Any]:
     return config
 
 
+def qwen_moe_fields(shape: MoeShape) -> dict[str, Any]:
+    """The config fields Qwen2-MoE and Qwen3-MoE share: every layer sparse, top-k renormalised, no sliding window."""
+    return {
+        "num_experts": shape.num_experts,
+        "num_experts_per_tok": shape.experts_per_token,
+        "moe_intermediate_size": shape.intermediate_size,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "output_router_logits": False,
+    }
+
+
 def bias_reasons(config: dict[str, Any], tensor_names: set[str]) -> list[str]:
     """Bias terms an output without biases would silently drop."""
     biased = sorted({n.split(".")[-2] for n in tensor_names if n.endswith(".bias") and ".layers." in n})

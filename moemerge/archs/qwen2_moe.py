@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, common_config
+from moemerge.archs.base import MoeShape, OutputArch, common_config, qwen_moe_fields
 
 LLAMA_ONLY_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "head_dim")
 LLAMACPP_CAVEAT = (
@@ -20,20 +20,12 @@ LLAMACPP_CAVEAT = (
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
     config = {k: v for k, v in common_config(base, dtype=shape.dtype).items() if k not in LLAMA_ONLY_KEYS}
     config.pop("layer_types", None)  # recomputed by transformers from use_sliding_window
+    config.update(qwen_moe_fields(shape))
     config.update(
         architectures=["Qwen2MoeForCausalLM"],
         model_type="qwen2_moe",
-        num_experts=shape.num_experts,
-        num_experts_per_tok=shape.experts_per_token,
-        moe_intermediate_size=shape.intermediate_size,
         shared_expert_intermediate_size=shape.shared_intermediate_size,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        use_sliding_window=False,
-        sliding_window=None,
         qkv_bias=True,
-        output_router_logits=False,
     )
     return config
 

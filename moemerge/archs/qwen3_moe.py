@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config
+from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, qwen_moe_fields
 
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
     config = common_config(base, dtype=shape.dtype)
     config.pop("layer_types", None)
-    config.update(
-        architectures=["Qwen3MoeForCausalLM"],
-        model_type="qwen3_moe",
-        num_experts=shape.num_experts,
-        num_experts_per_tok=shape.experts_per_token,
-        moe_intermediate_size=shape.intermediate_size,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        use_sliding_window=False,
-        sliding_window=None,
-        output_router_logits=False,
-    )
+    config.update(qwen_moe_fields(shape), architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe")
     return config
 
 
