@@ -33,7 +33,42 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * factor)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def parse_max_memory(text: str | None) -> dict[str, int] | None:
+    """`20GiB` (CPU RAM) or `0=70GiB,cpu=100GiB,disk` style budgets for --device auto."""
+    if not text:
+        return None
+    budget = {}
+    for part in text.split(","):
+        device, _, size = part.strip().rpartition("=")
+        device = device.strip() or "cpu"
+        if not re.fullmatch(r"cpu|(cuda:)?\d+", device):
+            raise ConfigError(f"--max-memory: unknown device {device!r}; use cpu, 0, 1, ... (e.g. 0=20GiB,cpu=60GiB)")
+        try:
+            budget[device] = parse_size(size)
+        except ConfigError:
+            raise ConfigError(f"--max-memory: cannot read size {size!r}; use e.g. 0=20GiB,cpu=60GiB") from None
+    return budget
+
+
+def load_options(device: str, load_in_4bit: bool, load_in_8bit: bool, trust_remote_code: bool, max_memory: str | None):
+    from moemerge.loading import LoadOptions
+
+    if load_in_4bit and load_in_8bit:
+        raise ConfigError("--load-in-4bit and --load-in-8bit: pick one")
+    quantize = "4bit" if load_in_4bit else ("8bit" if load_in_8bit else None)
+    return LoadOptions(device, quantize, trust_remote_code, parse_max_memory(max_memory))
+
+
+DeviceOpt = Annotated[str, typer.Option(help="Where forward passes run: cpu, cuda, cuda:N, or auto (GPUs + CPU + disk).")]
+Load4Opt = Annotated[bool, typer.Option("--load-in-4bit", help="Load the model in 4-bit (bitsandbytes) for the forward pass.")]
+Load8Opt = Annotated[bool, typer.Option("--load-in-8bit", help="Load the model in 8-bit (bitsandbytes) for the forward pass.")]
+RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow models that need their own Python code.")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
+MaxMemOpt = Annotated[str | None, typer.Option(help="Budget for --device auto: 20GiB (CPU) or 0=20GiB,cpu=60GiB; the rest offloads to disk.")]
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
@@ -69,21 +104,24 @@ def merge(
     out: Annotated[Path, typer.Argument(help="Output folder; must be absent or empty unless --overwrite.")],
     copy_tokenizer: Annotated[bool, typer.Option(help="Copy the base model's tokenizer files to OUT.")] = True,
     out_shard_size: Annotated[str, typer.Option(help="Max bytes per shard: 5GB, 500MB, 2GiB, 5B (=5e9); 0 = one file.")] = "5GB",
-    device: Annotated[str, typer.Option(help="Where the hidden-state pass runs: cpu, cuda, cuda:N or auto.")] = "cpu",
+    device: DeviceOpt = "cpu",
+    load_in_4bit: Load4Opt = False,
+    load_in_8bit: Load8Opt = False,
+    trust_remote_code: RemoteOpt = False,
+    max_memory: MaxMemOpt = None,
+    routing_report: Annotated[bool, typer.Option("--routing-report", help="Run `moemerge route` on the result and add it to OUT and the card.")] = False,
     random_seed: Annotated[int | None, typer.Option(help="Seed for random gates and noise (overrides `seed:`).")] = None,
     allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="Allow every expert to be the same model.")] = False,
     allow_crimes: Annotated[bool, typer.Option("--allow-crimes", help="Allow experts of another model_type if shapes agree.")] = False,
     lazy_unpickle: Annotated[bool, typer.Option("--lazy-unpickle", help="Accepted for mergekit compatibility; .bin files are always read lazily.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (swapped in only when the merge is complete).")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     from moemerge.pipeline import MergeOptions
     from moemerge.pipeline import merge as run_merge
 
-    _setup_logging(verbose, quiet)
-    if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"--device: {device!r} is not one of cpu, cuda, cuda:N, auto")
+    setup_logging(verbose, quiet)
     options = MergeOptions(
         out_shard_size=parse_size(out_shard_size),
         copy_tokenizer=copy_tokenizer,
@@ -91,7 +129,8 @@ def merge(
         overwrite=overwrite,
         allow_crimes=allow_crimes,
         allow_same_experts=allow_same_experts,
-        device=device,
+        load=load_options(device, load_in_4bit, load_in_8bit, trust_remote_code, max_memory),
+        routing_report=routing_report,
     )
     bar, update = _progress_display(quiet)
     if bar is not None:
@@ -105,9 +144,6 @@ def merge(
         plan = prepared.plan
         print(f"wrote {out} ({prepared.arch.class_name}, {len(prepared.experts)} experts, "
               f"{len(plan.shards)} shard(s), {plan.total_size / 1e6:.1f} MB)")  # fmt: skip
-
-
-SUBCOMMANDS: dict[str, typer.Typer] = {}
 
 
 def _run(command, args: list[str], debug: bool) -> int:
@@ -153,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         or any(re.fullmatch(r"-v{2,}", a) for a in args)
         or (args.count("-v") + args.count("--verbose") >= 2)
     )
+    from moemerge.commands import SUBCOMMANDS
+
     target = SUBCOMMANDS.get(args[0]) if args else None
     command = typer.main.get_command(target or app)
     raise SystemExit(_run(command, args[1:] if target else args, debug))

@@ -139,7 +139,50 @@ def load_config(path: str | Path) -> MergeConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if isinstance(data, dict):
+        data = _read_prompt_files(data, base_dir=path.resolve().parent, source=str(path))
     return parse_config(data, source=str(path))
+
+
+PROMPT_FIELDS = ("positive_prompts", "negative_prompts")
+
+
+def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> dict[str, Any]:
+    """`positive_prompts: prompts/code.txt` (one prompt per line, relative to the config) becomes the list."""
+    problems: list[str] = []
+    data = dict(data)
+    for group in ("experts", "shared_experts"):
+        if not isinstance(data.get(group), list):
+            continue
+        entries = []
+        for i, entry in enumerate(data[group]):
+            entry = dict(entry) if isinstance(entry, dict) else entry
+            for key in PROMPT_FIELDS if isinstance(entry, dict) else ():
+                if isinstance(entry.get(key), str):
+                    try:
+                        entry[key] = read_prompt_file(base_dir / entry[key])
+                    except ConfigError as exc:
+                        problems.append(f"{source}: {group}[{i}].{key}: {exc}")
+            entries.append(entry)
+        data[group] = entries
+    if problems:
+        raise problems_error(ConfigError, problems)
+    return data
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, stripped: one prompt per line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"prompt file {str(path)!r} not found; give a list of prompts or a text file "
+                          "with one prompt per line (paths are relative to the config)") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read prompt file {str(path)!r} ({exc.__class__.__name__})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompt file {str(path)!r} has no prompts")
+    return prompts
 
 
 def dump_config(config: MergeConfig, **resolved: Any) -> dict[str, Any]:

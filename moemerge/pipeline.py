@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge import card, checks, hub
+from moemerge import card, checks, hub, routing
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import MergeConfig, dump_config, load_config, normalise_dtype
 from moemerge.errors import IncompatibleModelsError, MoemergeError, OutputError, SourceError, problems_error
 from moemerge.gates import GateContext, compute_routers
+from moemerge.loading import LoadOptions
 from moemerge.plan import ExpertSpec, Plan, build_plan
 from moemerge.sources import ModelSource, open_source
 from moemerge.stream import stream_tensors
@@ -34,7 +35,8 @@ class MergeOptions:
     overwrite: bool = False
     allow_crimes: bool = False
     allow_same_experts: bool = False
-    device: str = "cpu"
+    load: LoadOptions = LoadOptions()  # how the hidden-state pass (and the routing report) load a model
+    routing_report: bool = False
 
 
 @dataclass
@@ -132,7 +134,7 @@ def _moe_shape(prepared: Prepared) -> MoeShape:
     return MoeShape(len(prepared.experts), prepared.config.experts_per_token, prepared.dtype, intermediate, shared_size)
 
 
-def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> None:
+def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> dict:
     base = prepared.base
     shape = _moe_shape(prepared)
     card.write_json(folder / "config.json", prepared.arch.build_config(base.config, shape))
@@ -146,6 +148,19 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> None
                dict.fromkeys([base, *prepared.experts, *prepared.shared])]  # fmt: skip
     resolved = card.resolved_config(resolved_cfg, sources=sources)
     card.write_resolved(folder, resolved)
+    return resolved
+
+
+def _routing_report(folder: Path, options: MergeOptions) -> None:
+    """The routing report is a bonus: when it cannot run, the merge still succeeds with a warning."""
+    try:
+        routing.report(folder, prompts=None, load=options.load)
+    except Exception as exc:  # a finished merge must not be lost to its report
+        first = (str(exc).splitlines() or [""])[0]
+        log.warning("routing report skipped: %s (run `moemerge route OUT` to retry)", first)
+
+
+def _card(prepared: Prepared, folder: Path, resolved: dict) -> None:
     shapes = {t.name: t.shape for t in prepared.plan.tensors}
     total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
                                           experts_per_token=prepared.config.experts_per_token)  # fmt: skip
@@ -169,16 +184,17 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     """Run a whole merge; OUT appears only when everything has been written."""
     progress = progress or (lambda stage, done, total: None)
     prepared = prepare(config_path, out, options)
-    progress("routers", 0, 1)
-    routers = _routers(prepared, options)
-    progress("routers", 1, 1)
+    routers = _routers(prepared, options, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         _write(prepared, tmp, routers, progress)
-        _side_files(prepared, tmp, options)
+        resolved = _side_files(prepared, tmp, options)
+        if options.routing_report:
+            _routing_report(tmp, options)
+        _card(prepared, tmp, resolved)
         _publish(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -194,13 +210,13 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     return prepared
 
 
-def _routers(prepared: Prepared, options: MergeOptions) -> dict:
+def _routers(prepared: Prepared, options: MergeOptions, progress: Progress) -> dict:
     """Routed-expert routers and, for architectures with a shared-expert gate, that gate (layers, 1, hidden)."""
     config = prepared.config
     layers, hidden = int(prepared.base.config["num_hidden_layers"]), int(prepared.base.config["hidden_size"])
 
     def context(experts, seed):
-        return GateContext(prepared.base, experts, layers, hidden, seed, device=options.device)
+        return GateContext(prepared.base, experts, layers, hidden, seed, load=options.load, progress=progress)
 
     routers = {"routed": compute_routers(config.gate_mode, context(config.experts, prepared.seed))}
     if prepared.shared and prepared.arch.shared_gate:

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 python -m moemerge.tiny demo/models
-moemerge examples/configs/demo.yaml demo/out --overwrite
+moemerge examples/configs/demo.yaml demo/out --overwrite --routing-report
 python examples/show.py demo/out

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from moemerge.config import ExpertConfig
+from moemerge.loading import LoadOptions
 from moemerge.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ class GateContext:
     hidden_size: int
     seed: int
     embed_name: str = "model.embed_tokens.weight"
-    device: str = "cpu"
+    load: LoadOptions = LoadOptions()
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None  # (stage, done, total)
 
     @cached_property
     def tokenizer(self) -> Any:

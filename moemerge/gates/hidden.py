@@ -6,10 +6,10 @@ averaged over its real tokens (`hidden_avg`); mean over prompts, minus the mean 
 
 from __future__ import annotations
 
-import gc
 import logging
 
 from moemerge.errors import IncompatibleModelsError
+from moemerge.loading import free_memory, input_device, loaded_model
 
 log = logging.getLogger(__name__)
 HIDDEN_BUDGET_BYTES = 512 * 1024**2  # hidden states kept for one chunk of prompts
@@ -21,23 +21,6 @@ def compute_last(context):
 
 def compute_mean(context):
     return _compute(context, average=True)
-
-
-def _load_model(context):
-    import torch
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    dtype = torch.float32 if context.device == "cpu" else torch.bfloat16
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the unused lm_head is expected: AutoModel skips it on purpose
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModel.from_pretrained(str(context.base.path), dtype=dtype, device_map=context.device)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
-    return model.eval()
 
 
 def _chunks(items: list[tuple[int, list[int]]], max_tokens: int):
@@ -63,45 +46,50 @@ def _compute(context, *, average: bool):
         items += [(2 * e + 1, ids) for ids in context.prompt_ids(expert.negative_prompts or [])]
     if any(not ids for _, ids in items):
         raise IncompatibleModelsError("a prompt tokenises to nothing and the tokenizer has no BOS token; drop it")
-    layers, hidden = context.num_layers, context.hidden_size
-    sums = torch.zeros(2 * len(context.experts), layers, hidden, dtype=torch.float64)
-    counts = torch.zeros(2 * len(context.experts), dtype=torch.float64)
-    max_tokens = max(1, HIDDEN_BUDGET_BYTES // ((layers + 1) * hidden * 4))
-    pad_id = context.tokenizer.pad_token_id or 0
-    model = _load_model(context)
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            for chunk in _chunks(items, max_tokens):
-                width = max(len(ids) for _, ids in chunk)
-                input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for _, ids in chunk])
-                mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in chunk])
-                positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding must not shift real positions
-                out = model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                    output_hidden_states=True,
-                    use_cache=False,
-                )
-                states = torch.stack([h.float().cpu() for h in out.hidden_states[:layers]], dim=1)  # (B, L, S, H)
-                if average:
-                    weights = mask.to(states.dtype)[:, None, :, None]
-                    rows = (states * weights).sum(2) / weights.sum(2)  # (B, L, H)
-                else:
-                    rows = states[:, :, -1, :]  # left padding: the last position is the last real token
-                slots = torch.tensor([slot for slot, _ in chunk])
-                sums.index_add_(0, slots, rows.double())
-                counts.index_add_(0, slots, torch.ones(len(chunk), dtype=torch.float64))
-                del out, states
-    finally:
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    sums, counts = _collect(context, items, average=average)
+    free_memory()  # the model is gone before any weight is written
     means = sums / counts.clamp_min(1)[:, None, None]
     rows = means[0::2] - means[1::2]  # (E, L, H); an expert with no negatives subtracts zeros
     norms = rows.norm(dim=-1, keepdim=True)
     if (norms == 0).any():
         raise IncompatibleModelsError("some expert's positive and negative prompts cancel out to a zero router row")
     return (rows / norms).transpose(0, 1).float().contiguous()  # (L, E, H)
+
+
+def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
+    """Per slot: the sum over its prompts of the (layers, hidden) rows, and the prompt count."""
+    import torch
+
+    layers, hidden = context.num_layers, context.hidden_size
+    sums = torch.zeros(2 * len(context.experts), layers, hidden, dtype=torch.float64)
+    counts = torch.zeros(2 * len(context.experts), dtype=torch.float64)
+    max_tokens = max(1, HIDDEN_BUDGET_BYTES // ((layers + 1) * hidden * 4))
+    pad_id = context.tokenizer.pad_token_id or 0
+    done = 0
+    with loaded_model(context.base.path, context.load) as model, torch.inference_mode():
+        device = input_device(model)
+        for chunk in _chunks(items, max_tokens):
+            width = max(len(ids) for _, ids in chunk)
+            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for _, ids in chunk])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in chunk])
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding must not shift real positions
+            out = model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                output_hidden_states=True,
+                use_cache=False,
+            )
+            states = torch.stack([h.float().cpu() for h in out.hidden_states[:layers]], dim=1)  # (B, L, S, H)
+            del out
+            if average:
+                weights = mask.to(states.dtype)[:, None, :, None]
+                rows = (states * weights).sum(2) / weights.sum(2)  # (B, L, H), padding excluded
+            else:
+                rows = states[:, :, -1, :]  # left padding: the last position is the last real token
+            slots = torch.tensor([slot for slot, _ in chunk])
+            sums.index_add_(0, slots, rows.double())
+            counts.index_add_(0, slots, torch.ones(len(chunk), dtype=torch.float64))
+            done += len(chunk)
+            context.progress("prompts", done, len(items))
+    return sums, counts

@@ -1,0 +1,130 @@
+"""Loading a model with transformers for a forward pass: device, dtype, bitsandbytes 4/8-bit, offload, remote code."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moemerge.errors import ConfigError, MergeFailedError
+
+log = logging.getLogger(__name__)
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|auto")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a forward pass loads its model. `max_memory` maps a device (`cpu`, `0`, `cuda:1`) to bytes (auto only)."""
+
+    device: str = "cpu"
+    quantize: str | None = None  # "4bit" | "8bit"
+    trust_remote_code: bool = False
+    max_memory: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"--device: {self.device!r} is not one of cpu, cuda, cuda:N, auto")
+        if self.quantize not in (None, "4bit", "8bit"):
+            raise ConfigError(f"quantize: {self.quantize!r} is not 4bit or 8bit")
+        if self.max_memory and self.device != "auto":
+            raise ConfigError("--max-memory only applies with --device auto")
+
+
+def _dtype(options: LoadOptions):
+    import torch
+
+    return torch.float32 if options.device == "cpu" else torch.bfloat16
+
+
+def _quantization(options: LoadOptions):
+    if options.quantize is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--load-in-{options.quantize} needs bitsandbytes: pip install 'moemerge[quant]'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if options.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=_dtype(options), bnb_4bit_quant_type="nf4")
+
+
+def _check_device(options: LoadOptions) -> None:
+    import torch
+
+    if options.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {options.device}: no CUDA GPU is visible; use --device cpu")
+        index = int(options.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {options.device}: only {torch.cuda.device_count()} GPU(s) are visible")
+
+
+def _max_memory(options: LoadOptions) -> dict[Any, int] | None:
+    if not options.max_memory:
+        return None
+    # accelerate wants GPU indices as ints; `cuda:1` and `1` both mean GPU 1
+    return {(int(k.removeprefix("cuda:")) if k.removeprefix("cuda:").isdigit() else k): v
+            for k, v in options.max_memory.items()}  # fmt: skip
+
+
+@contextlib.contextmanager
+def loaded_model(path: Path, options: LoadOptions, *, causal_lm: bool = False) -> Iterator[Any]:
+    """The model at `path` in eval mode; its offload folder is deleted when the block ends (drop the model, then
+    call free_memory())."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    _check_device(options)
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoModel skipping lm_head is expected, not worth a report
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="moemerge-offload-") as offload, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bitsandbytes' per-call cast notices
+        try:
+            model = cls.from_pretrained(
+                str(path),
+                dtype=_dtype(options),
+                device_map=options.device,
+                max_memory=_max_memory(options),
+                offload_folder=offload if options.device == "auto" else None,
+                quantization_config=_quantization(options),
+                trust_remote_code=options.trust_remote_code,
+            )
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise ConfigError(f"{path}: the model needs its own code; rerun with --trust-remote-code") from None
+            raise MergeFailedError(f"{path}: transformers cannot load the model ({str(exc).splitlines()[0]})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        yield model.eval()
+
+
+def free_memory() -> None:
+    """Return a dropped model's memory (CPU pages and the CUDA cache) before the weights are written."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def input_device(model) -> Any:
+    """Where input ids must go: the embedding's device (with device_map=auto, parameters are spread out)."""
+    import torch
+
+    embedding = model.get_input_embeddings()
+    device = embedding.weight.device
+    return torch.device("cpu") if device.type == "meta" else device
