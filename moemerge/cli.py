@@ -59,13 +59,22 @@ def load_options(device: str, load_in_4bit: bool, load_in_8bit: bool, trust_remo
     return LoadOptions(device, quantize, trust_remote_code, parse_max_memory(max_memory))
 
 
-DeviceOpt = Annotated[str, typer.Option(help="Where forward passes run: cpu, cuda, cuda:N, or auto (GPUs + CPU + disk).")]
-Load4Opt = Annotated[bool, typer.Option("--load-in-4bit", help="Load the model in 4-bit (bitsandbytes) for the forward pass.")]
-Load8Opt = Annotated[bool, typer.Option("--load-in-8bit", help="Load the model in 8-bit (bitsandbytes) for the forward pass.")]
+DeviceOpt = Annotated[
+    str, typer.Option(help="Where forward passes run: cpu, cuda, cuda:N, or auto (GPUs + CPU + disk).")
+]
+Load4Opt = Annotated[
+    bool, typer.Option("--load-in-4bit", help="Load the model in 4-bit (bitsandbytes) for the forward pass.")
+]
+Load8Opt = Annotated[
+    bool, typer.Option("--load-in-8bit", help="Load the model in 8-bit (bitsandbytes) for the forward pass.")
+]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow models that need their own Python code.")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
-MaxMemOpt = Annotated[str | None, typer.Option(help="Budget for --device auto: 20GiB (CPU) or 0=20GiB,cpu=60GiB; the rest offloads to disk.")]
+MaxMemOpt = Annotated[
+    str | None,
+    typer.Option(help="Budget for --device auto: 20GiB (CPU) or 0=20GiB,cpu=60GiB; the rest offloads to disk."),
+]
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:

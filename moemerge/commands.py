@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from moemerge.cli import DeviceOpt, Load4Opt, Load8Opt, MaxMemOpt, QuietOpt, RemoteOpt, VerboseOpt, load_options, setup_logging
+from moemerge.cli import (
+    DeviceOpt,
+    Load4Opt,
+    Load8Opt,
+    MaxMemOpt,
+    QuietOpt,
+    RemoteOpt,
+    VerboseOpt,
+    load_options,
+    setup_logging,
+)
 
 route_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 

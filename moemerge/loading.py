@@ -38,9 +38,11 @@ class LoadOptions:
 
 
 def _dtype(options: LoadOptions):
+    """float32 on CPU (exact), bfloat16 on GPU (fast); `auto` counts as GPU only when one is visible."""
     import torch
 
-    return torch.float32 if options.device == "cpu" else torch.bfloat16
+    on_gpu = options.device.startswith("cuda") or (options.device == "auto" and torch.cuda.is_available())
+    return torch.bfloat16 if on_gpu else torch.float32
 
 
 def _quantization(options: LoadOptions):
@@ -49,9 +51,7 @@ def _quantization(options: LoadOptions):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ConfigError(
-            f"--load-in-{options.quantize} needs bitsandbytes: pip install 'moemerge[quant]'"
-        ) from None
+        raise ConfigError(f"--load-in-{options.quantize} needs bitsandbytes: pip install 'moemerge[quant]'") from None
     from transformers import BitsAndBytesConfig
 
     if options.quantize == "8bit":
@@ -90,6 +90,7 @@ def loaded_model(path: Path, options: LoadOptions, *, causal_lm: bool = False) -
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoModel skipping lm_head is expected, not worth a report
     hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no optional CPU kernel" notices, not problems
     with tempfile.TemporaryDirectory(prefix="moemerge-offload-") as offload, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bitsandbytes' per-call cast notices
         try:

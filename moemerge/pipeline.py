@@ -35,7 +35,9 @@ class MergeOptions:
     overwrite: bool = False
     allow_crimes: bool = False
     allow_same_experts: bool = False
-    load: LoadOptions = LoadOptions()  # how the hidden-state pass (and the routing report) load a model
+    load: LoadOptions = field(
+        default_factory=LoadOptions
+    )  # how the hidden-state pass (and the routing report) load a model
     routing_report: bool = False
 
 
@@ -155,7 +157,7 @@ def _routing_report(folder: Path, options: MergeOptions) -> None:
     """The routing report is a bonus: when it cannot run, the merge still succeeds with a warning."""
     try:
         routing.report(folder, prompts=None, load=options.load)
-    except Exception as exc:  # a finished merge must not be lost to its report
+    except Exception as exc:  # noqa: BLE001 -- a finished merge must not be lost to its report
         first = (str(exc).splitlines() or [""])[0]
         log.warning("routing report skipped: %s (run `moemerge route OUT` to retry)", first)
 

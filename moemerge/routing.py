@@ -35,8 +35,10 @@ def read_prompt_sets(path: Path) -> dict[str, list[str]]:
         raise ConfigError(f"{path}: cannot read the prompt sets ({exc.__class__.__name__})") from None
     if isinstance(data, dict) and "experts" in data:
         return prompt_sets_from_config(load_config(path))
-    if not isinstance(data, dict) or not data or not all(
-        isinstance(v, list) and v and all(isinstance(p, str) for p in v) for v in data.values()
+    if (
+        not isinstance(data, dict)
+        or not data
+        or not all(isinstance(v, list) and v and all(isinstance(p, str) for p in v) for v in data.values())
     ):
         raise ConfigError(f"{path}: expected a mapping of set name -> list of prompts, or a merge config")
     return {str(k): list(v) for k, v in data.items()}

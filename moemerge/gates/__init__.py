@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -26,7 +26,7 @@ class GateContext:
     hidden_size: int
     seed: int
     embed_name: str = "model.embed_tokens.weight"
-    load: LoadOptions = LoadOptions()
+    load: LoadOptions = field(default_factory=LoadOptions)
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None  # (stage, done, total)
 
     @cached_property

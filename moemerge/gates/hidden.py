@@ -37,7 +37,6 @@ def _chunks(items: list[tuple[int, list[int]]], max_tokens: int):
 
 
 def _compute(context, *, average: bool):
-    import torch
 
     # one entry per prompt: (slot, token ids); slot 2e = expert e's positives, 2e+1 = its negatives
     items = []
@@ -54,6 +53,12 @@ def _compute(context, *, average: bool):
     if (norms == 0).any():
         raise IncompatibleModelsError("some expert's positive and negative prompts cancel out to a zero router row")
     return (rows / norms).transpose(0, 1).float().contiguous()  # (L, E, H)
+
+
+def _row(states, weights, average: bool):
+    """(B, S, H) -> (B, H): each prompt's mean over real tokens, or its last token (last = real: left padding)."""
+    states = states.float()
+    return (states * weights).sum(1) / weights.sum(1) if average else states[:, -1, :]
 
 
 def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
@@ -80,13 +85,10 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
                 output_hidden_states=True,
                 use_cache=False,
             )
-            states = torch.stack([h.float().cpu() for h in out.hidden_states[:layers]], dim=1)  # (B, L, S, H)
+            weights = mask.to(device=device, dtype=torch.float32)[:, :, None]  # (B, S, 1)
+
+            rows = torch.stack([_row(h, weights, average).cpu() for h in out.hidden_states[:layers]], dim=1)
             del out
-            if average:
-                weights = mask.to(states.dtype)[:, None, :, None]
-                rows = (states * weights).sum(2) / weights.sum(2)  # (B, L, H), padding excluded
-            else:
-                rows = states[:, :, -1, :]  # left padding: the last position is the last real token
             slots = torch.tensor([slot for slot, _ in chunk])
             sums.index_add_(0, slots, rows.double())
             counts.index_add_(0, slots, torch.ones(len(chunk), dtype=torch.float64))

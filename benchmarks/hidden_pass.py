@@ -1,0 +1,114 @@
+"""Speed and memory of the hidden-state pass against a plain forward over the same tokens.
+
+Builds a Llama-like float32 base (hidden 512, 8 layers) and 4 experts x 20 prompts of 30-200 tokens, then in one
+child process each: (a) moemerge's `hidden` gate (load + every prompt with output_hidden_states), (b) the floor:
+load + one plain forward over the same tokens in the same batches, no hidden states kept. Prints the seconds,
+tokens/s, their ratio (target <= 1.3) and each run's peak RSS (target: the same model + one chunk of activations,
+nothing per expert).
+
+    python benchmarks/hidden_pass.py [--device cpu|cuda] [--layers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKER = Path(__file__).resolve()
+
+
+def build(folder: Path, layers: int) -> list[list[str]]:
+    from moemerge import tiny
+
+    tiny.make_model(folder, family="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=layers,
+                    num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+                    initializer_range=0.02)  # fmt: skip
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    rng = random.Random(0)
+    sets = []
+    for _ in range(4):
+        prompts = []
+        for _ in range(20):
+            target, text = rng.randint(30, 200), ""
+            while len(tokenizer(text)["input_ids"]) < target:
+                text += rng.choice(tiny.CORPUS) + " "
+            prompts.append(text.strip())
+        sets.append(prompts)
+    return sets
+
+
+def worker(kind: str, folder: Path, sets: list[list[str]], device: str) -> dict:
+    import torch
+
+    from moemerge.config import ExpertConfig
+    from moemerge.gates import GateContext, compute_routers, hidden
+    from moemerge.loading import LoadOptions, input_device, loaded_model
+    from moemerge.sources import open_source
+
+    source = open_source(str(folder), base_dir=folder, wanted=lambda _: True, side_files=True)
+    experts = [ExpertConfig(source_model="x", positive_prompts=p) for p in sets]
+    context = GateContext(source, experts, source.config["num_hidden_layers"], source.config["hidden_size"], 0,
+                          load=LoadOptions(device=device))  # fmt: skip
+    items = [(0, ids) for e in experts for ids in context.prompt_ids(e.positive_prompts)]
+    tokens = sum(len(ids) for _, ids in items)
+    start = time.perf_counter()
+    if kind == "hidden":
+        compute_routers("hidden", context)
+    else:  # the floor: same load, same batches, a plain forward that keeps nothing
+        max_tokens = max(1, hidden.HIDDEN_BUDGET_BYTES // ((context.num_layers + 1) * context.hidden_size * 4))
+        with loaded_model(folder, context.load) as model, torch.inference_mode():
+            where = input_device(model)
+            for chunk in hidden._chunks(items, max_tokens):
+                width = max(len(ids) for _, ids in chunk)
+                ids = torch.tensor([[0] * (width - len(i)) + i for _, i in chunk], device=where)
+                mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for _, i in chunk], device=where)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def run(kind: str, folder: Path, prompts: Path, device: str) -> dict:
+    proc = subprocess.Popen([sys.executable, str(WORKER), "--worker", kind, str(folder), str(prompts), device],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{kind} run failed")
+    return {**json.loads(out), "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        kind, folder, prompts, device = sys.argv[2:6]
+        print(json.dumps(worker(kind, Path(folder), json.loads(Path(prompts).read_text()), device)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, prompts = Path(tmp) / "base", Path(tmp) / "prompts.json"
+        prompts.write_text(json.dumps(build(folder, args.layers)))
+        floor = run("floor", folder, prompts, args.device)
+        ours = run("hidden", folder, prompts, args.device)
+    tokens = ours["tokens"]
+    print(f"4 experts x 20 prompts, {tokens} tokens, device {args.device}")
+    for name, result in (("plain forward (floor)", floor), ("moemerge hidden gate", ours)):
+        print(f"  {name:22s} {result['seconds']:7.2f} s  {tokens / result['seconds']:9.0f} tok/s  "
+              f"peak RSS {result['peak_rss_mib']:7.0f} MiB")  # fmt: skip
+    print(f"  ratio {ours['seconds'] / floor['seconds']:.2f} (target <= 1.3), "
+          f"RSS ratio {ours['peak_rss_mib'] / floor['peak_rss_mib']:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
