@@ -120,6 +120,7 @@ def _heatmap(report: dict[str, Any], path: Path) -> None:
         for c, value in enumerate(row):
             ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
     ax.set_xlabel("expert picked (share of top-k picks, mean over layers)")
+    ax.set_ylabel("prompt set")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path)
