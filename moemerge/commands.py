@@ -44,4 +44,31 @@ def route(
         print(f"wrote {out / routing.REPORT_JSON} and {out / routing.REPORT_PNG}")
 
 
-SUBCOMMANDS = {"route": route_app}
+verify_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@verify_app.command(help="Check a merged folder: shards and index, tensor census against config.json, routers, a load "
+                    "with every key accounted for, and a short generation. Exit 1 with the findings if anything is wrong.")  # fmt: skip
+def verify(
+    out: Annotated[Path, typer.Argument(help="A folder written by moemerge (or any Mixtral/Qwen-MoE/DeepSeek-MoE checkpoint).")],
+    quick: Annotated[bool, typer.Option("--quick", help="Only the checks that read no tensor data (files, index, census, config).")] = False,
+    trust_remote_code: RemoteOpt = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    from moemerge import verify as checks
+    from moemerge.errors import ConfigError, MergeFailedError, problems_error
+
+    setup_logging(verbose, quiet)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such folder")
+    findings, notes = checks.verify(out, full=not quick, trust_remote_code=trust_remote_code)
+    if findings:
+        raise problems_error(MergeFailedError, [f"{out}: {finding}" for finding in findings])
+    if not quiet:
+        for note in notes:
+            print(f"ok: {note}")
+        print(f"{out}: verified")
+
+
+SUBCOMMANDS = {"route": route_app, "verify": verify_app}

@@ -10,10 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge import card, checks, hub, routing
+from moemerge import card, checks, hub, routing, verify
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import MergeConfig, dump_config, load_config, normalise_dtype
-from moemerge.errors import IncompatibleModelsError, MoemergeError, OutputError, SourceError, problems_error
+from moemerge.errors import (
+    IncompatibleModelsError,
+    MergeFailedError,
+    MoemergeError,
+    OutputError,
+    SourceError,
+    problems_error,
+)
 from moemerge.gates import GateContext, compute_routers
 from moemerge.loading import LoadOptions
 from moemerge.plan import ExpertSpec, Plan, build_plan
@@ -87,10 +94,13 @@ def _output_dtype(config: MergeConfig, base: ModelSource) -> str:
         return "float32"
 
 
-def prepare(config_path: Path, out: Path, options: MergeOptions) -> Prepared:
-    """Load and check everything from config.json files and headers only; raises once with every problem."""
+def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepared:
+    """Load and check everything from config.json files and headers only; raises once with every problem.
+    `out` None: a dry run (`moemerge plan`), which has no output folder to check."""
     config = load_config(config_path)
-    problems = checks.check_config_rules(config) + checks.check_output(out, overwrite=options.overwrite)
+    problems = checks.check_config_rules(config)
+    if out is not None:
+        problems += checks.check_output(out, overwrite=options.overwrite)
     models, open_problems = _open_models(config, config_path.resolve().parent)
     problems += open_problems
     if open_problems:
@@ -194,6 +204,11 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     try:
         _write(prepared, tmp, routers, progress)
         resolved = _side_files(prepared, tmp, options)
+        findings, _ = verify.check_structure(tmp)  # what was just written, against its own config.json
+        if findings:
+            raise problems_error(
+                MergeFailedError, [f"the written checkpoint fails verification: {f}" for f in findings]
+            )
         if options.routing_report:
             _routing_report(tmp, options)
         _card(prepared, tmp, resolved)

@@ -45,6 +45,8 @@ class OutputArch:
     # tensors the output needs that the base lacks, written as zeros: (config, base names) -> {name: shape}
     zero_tensors: Callable[[dict[str, Any], set[str]], dict[str, tuple[int, ...]]] = lambda config, names: {}
     warnings: tuple[str, ...] = ()  # said at merge time and written in the model card
+    # the inverse of build_config, for `verify`: what a written config.json says about the MoE blocks
+    shape_of: Callable[[dict[str, Any]], MoeShape] = lambda config: MoeShape(0, 0, "", 0)
 
     def reasons(self, config: dict[str, Any], tensor_names: set[str]) -> list[str]:
         """Why this architecture cannot be built from a base with this config and these tensors ([] = it can)."""
@@ -75,6 +77,10 @@ def common_config(base: dict[str, Any], *, dtype: str) -> dict[str, Any]:
         config["head_dim"] = base["hidden_size"] // heads
     config["tie_word_embeddings"] = bool(base.get("tie_word_embeddings", False))
     return config
+
+
+def dtype_of(config: dict[str, Any]) -> str:
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
 def qwen_moe_fields(shape: MoeShape) -> dict[str, Any]:

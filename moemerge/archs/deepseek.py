@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config
+from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of
 
 REMOTE_CODE = "deepseek-ai/deepseek-moe-16b-base"
 DROPPED_KEYS = ("mlp_bias", "sliding_window", "use_sliding_window", "layer_types", "max_window_layers")
@@ -54,4 +54,11 @@ DEEPSEEK = OutputArch(
     max_shared_experts=1,
     build_config=build_config,
     extra_reasons=bias_reasons,
+    shape_of=lambda c: MoeShape(
+        c["n_routed_experts"],
+        c["num_experts_per_tok"],
+        dtype_of(c),
+        c["moe_intermediate_size"],
+        c["moe_intermediate_size"] * c["n_shared_experts"] if c.get("n_shared_experts") else None,
+    ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config
+from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of
 
 DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "resid_pdrop", "embd_pdrop", "partial_rotary_factor")
 
@@ -43,4 +43,5 @@ MIXTRAL = OutputArch(
     },
     build_config=build_config,
     extra_reasons=_reasons,
+    shape_of=lambda c: MoeShape(c["num_local_experts"], c["num_experts_per_tok"], dtype_of(c), c["intermediate_size"]),
 )

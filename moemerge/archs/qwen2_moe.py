@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, common_config, qwen_moe_fields
+from moemerge.archs.base import MoeShape, OutputArch, common_config, dtype_of, qwen_moe_fields
 
 LLAMA_ONLY_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "head_dim")
 LLAMACPP_CAVEAT = (
@@ -74,4 +74,11 @@ QWEN2_MOE = OutputArch(
     extra_reasons=_reasons,
     zero_tensors=_zero_biases,
     warnings=(LLAMACPP_CAVEAT,),
+    shape_of=lambda c: MoeShape(
+        c["num_experts"],
+        c["num_experts_per_tok"],
+        dtype_of(c),
+        c["moe_intermediate_size"],
+        c.get("shared_expert_intermediate_size") or None,
+    ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, qwen_moe_fields
+from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of, qwen_moe_fields
 
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
@@ -25,4 +25,5 @@ QWEN3_MOE = OutputArch(
     },
     build_config=build_config,
     extra_reasons=bias_reasons,
+    shape_of=lambda c: MoeShape(c["num_experts"], c["num_experts_per_tok"], dtype_of(c), c["moe_intermediate_size"]),
 )
