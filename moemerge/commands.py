@@ -71,4 +71,36 @@ def verify(
         print(f"{out}: verified")
 
 
-SUBCOMMANDS = {"route": route_app, "verify": verify_app}
+plan_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@plan_app.command(help="Dry run: check CONFIG and show what the merge would write and cost, reading only config.json "
+                  "files and safetensors headers (remote headers for Hub models; no weights downloaded).")  # fmt: skip
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML config, as for a merge.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    out_shard_size: Annotated[str, typer.Option(help="As for a merge: max bytes per shard.")] = "5GB",
+    device: DeviceOpt = "cpu",
+    load_in_4bit: Load4Opt = False,
+    load_in_8bit: Load8Opt = False,
+    allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="As for a merge.")] = False,
+    allow_crimes: Annotated[bool, typer.Option("--allow-crimes", help="As for a merge.")] = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    import json
+
+    from moemerge import dryrun
+    from moemerge.cli import parse_size
+    from moemerge.pipeline import MergeOptions, prepare
+
+    setup_logging(verbose, quiet)
+    load = load_options(device, load_in_4bit, load_in_8bit, False, None)
+    options = MergeOptions(out_shard_size=parse_size(out_shard_size), allow_crimes=allow_crimes,
+                           allow_same_experts=allow_same_experts, load=load)  # fmt: skip
+    prepared = prepare(config, None, options)
+    summary = dryrun.summarize(prepared, load, probe_dir=Path.cwd())
+    print(json.dumps(summary, indent=2) if as_json else dryrun.format_summary(summary))
+
+
+SUBCOMMANDS = {"route": route_app, "verify": verify_app, "plan": plan_app}

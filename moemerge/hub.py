@@ -91,3 +91,29 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
     except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the model
         raise _explain(ref, exc) from None
     return config.parent, commit
+
+
+def remote_headers(ref: str) -> tuple[Path, str | None, dict[str, dict[str, tuple[str, list[int], int]]]]:
+    """For a dry run: config.json (downloaded; it is small) and every safetensors header, read remotely with range
+    requests (no weights downloaded). Returns (config folder, commit, {file: {tensor: (dtype code, shape, start)}})."""
+    from huggingface_hub import HfApi
+
+    repo_id, revision = split_ref(ref)
+    try:
+        config = _download(repo_id, "config.json", revision, optional=False)
+        commit = config.parent.name
+        metadata = HfApi().get_safetensors_metadata(repo_id, revision=commit)
+    except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the model
+        raise _explain(ref, exc) from None
+    files = {file: {name: (t.dtype, list(t.shape), t.data_offsets[0]) for name, t in meta.tensors.items()}
+             for file, meta in metadata.files_metadata.items()}  # fmt: skip
+    return config.parent, commit, files
+
+
+def missing_bytes(ref: str, commit: str | None, sizes: dict[str, int]) -> int:
+    """Bytes of `sizes` ({file: bytes}) not yet in the user's Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _ = split_ref(ref)
+    return sum(size for file, size in sizes.items()
+               if not isinstance(try_to_load_from_cache(repo_id, file, revision=commit), str))  # fmt: skip

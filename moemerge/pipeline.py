@@ -62,7 +62,9 @@ class Prepared:
     plan: Plan = field(init=False)
 
 
-def _open_models(config: MergeConfig, base_dir: Path) -> tuple[list[ModelSource | None], list[str]]:
+def _open_models(
+    config: MergeConfig, base_dir: Path, *, headers_only: bool
+) -> tuple[list[ModelSource | None], list[str]]:
     """Base, experts, shared experts in that order (None where a model could not be opened) and the problems."""
     refs = [config.base_model] + [e.source_model for e in config.experts + (config.shared_experts or [])]
     labels = ["base_model"] + [f"experts[{i}]" for i in range(len(config.experts))]
@@ -74,7 +76,8 @@ def _open_models(config: MergeConfig, base_dir: Path) -> tuple[list[ModelSource 
             if ref not in opened:
                 # experts are indexed (and downloaded) for the base's MLP tensors only
                 wanted = (lambda _: True) if i == 0 else checks.mlp_names(opened[refs[0]].config).__contains__
-                opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0)
+                opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0,
+                                          headers_only=headers_only)  # fmt: skip
             models.append(opened[ref])
         except SourceError as exc:
             problems.append(f"{label}: {exc}")
@@ -101,7 +104,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     problems = checks.check_config_rules(config)
     if out is not None:
         problems += checks.check_output(out, overwrite=options.overwrite)
-    models, open_problems = _open_models(config, config_path.resolve().parent)
+    models, open_problems = _open_models(config, config_path.resolve().parent, headers_only=out is None)
     problems += open_problems
     if open_problems:
         raise problems_error(IncompatibleModelsError, problems)
@@ -112,7 +115,8 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     ]
     problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
     problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
-    arch, reasons = choose_architecture(config.architecture, base.config, set(base.tensors), num_shared=len(shared))
+    names = set(base.tensors)
+    arch, reasons = choose_architecture(config.architecture, base.config, names, num_shared=len(shared))
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
     if problems:

@@ -44,6 +44,7 @@ class ModelSource:
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]
     revision: str | None = None
+    download_bytes: int = 0  # dry run of a Hub model: bytes of needed weights not in the local cache yet
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -188,6 +189,23 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _remote_source(ref: str, wanted: Callable[[str], bool]) -> ModelSource:
+    """A Hub model known by its remote headers only: enough to plan, not to read (its weights are not here)."""
+    folder, commit, files = hub.remote_headers(ref)
+    tensors, sizes = {}, {}
+    for file, header in files.items():
+        for name, (code, shape, start) in header.items():
+            if wanted(name) and code in ST_DTYPES:
+                tensors[name] = TensorInfo(Path(file), ST_DTYPES[code][0], tuple(shape), start)
+                count = 1
+                for dim in shape:
+                    count *= dim
+                sizes[file] = max(sizes.get(file, 0), start + count * ST_DTYPES[code][1])
+    source = ModelSource(ref, folder, _read_config(folder), tensors, commit)
+    source.download_bytes = hub.missing_bytes(ref, commit, sizes)
+    return source
+
+
 def resolve_path(ref: str, *, base_dir: Path | None) -> Path | None:
     """A local folder for `ref` (as given, then relative to the config file's folder), or None."""
     candidates = [Path(ref).expanduser()]
@@ -197,14 +215,22 @@ def resolve_path(ref: str, *, base_dir: Path | None) -> Path | None:
 
 
 def open_source(
-    ref: str, *, base_dir: Path | None = None, wanted: Callable[[str], bool] = lambda _: True, side_files: bool = False
+    ref: str,
+    *,
+    base_dir: Path | None = None,
+    wanted: Callable[[str], bool] = lambda _: True,
+    side_files: bool = False,
+    headers_only: bool = False,
 ) -> ModelSource:
-    """Open a model by local path or Hub id; only tensors for which `wanted(name)` is true are indexed."""
+    """Open a model by local path or Hub id; only tensors for which `wanted(name)` is true are indexed.
+    `headers_only`: a Hub model's headers are read remotely and no weight is downloaded (a dry run)."""
     path = resolve_path(ref, base_dir=base_dir)
     revision = None
     if path is None:
         if not hub.looks_like_hub_id(ref) or ref.startswith((".", "/", "~")) or os.sep + os.sep in ref:
             raise SourceError(f"model '{ref}': no such folder")
+        if headers_only:
+            return _remote_source(ref, wanted)
         path, revision = hub.fetch_model(ref, wanted=wanted, side_files=side_files)
     tensors = _read_tensors(path, wanted, partial=revision is not None)
     return ModelSource(ref, path, _read_config(path), tensors, revision)

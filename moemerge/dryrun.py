@@ -1,0 +1,150 @@
+"""`moemerge plan`: what a merge would do and cost, from config.json files and safetensors headers only."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from moemerge import card
+from moemerge.archs import ARCHITECTURES, choose_architecture
+from moemerge.gates import hidden
+from moemerge.loading import LoadOptions
+from moemerge.pipeline import Prepared
+from moemerge.stream import CHUNK_BYTES
+
+RUNTIME_BYTES = 600 * 2**20  # Python, torch and transformers loaded: measured by benchmarks/merge_speed.py
+BYTES_PER_PARAM = {"4bit": 0.56, "8bit": 1.06}  # bitsandbytes weights plus their scales
+PROBE_BYTES = 32 * 2**20
+
+
+def disk_speed(folder: Path, sample: Path | None) -> tuple[float, float]:
+    """(read, write) bytes/s: write and fsync a 32 MB probe file in `folder`; read up to 32 MB of `sample`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".moemerge-probe-") as probe:
+        start = time.perf_counter()
+        probe.write(os.urandom(1 << 20) * (PROBE_BYTES >> 20))
+        probe.flush()
+        os.fsync(probe.fileno())
+        write = PROBE_BYTES / max(time.perf_counter() - start, 1e-6)
+    read = write
+    if sample is not None and sample.is_file():
+        start = time.perf_counter()
+        with open(sample, "rb", buffering=0) as fh:
+            got = len(fh.read(PROBE_BYTES))
+        read = got / max(time.perf_counter() - start, 1e-6) if got else write
+    return read, write
+
+
+def _rejected(prepared: Prepared) -> dict[str, list[str]]:
+    base, names = prepared.base, set(prepared.base.tensors)
+    out = {}
+    for name in ARCHITECTURES:
+        if name != prepared.arch.name:
+            _, reasons = choose_architecture(name, base.config, names, num_shared=len(prepared.shared))
+            out[name] = [r.removeprefix(f"{name}: ") for r in reasons]
+    return out
+
+
+def _hidden_pass(prepared: Prepared, load: LoadOptions) -> dict[str, Any] | None:
+    if prepared.config.gate_mode not in ("hidden", "hidden_avg"):
+        return None
+    params = sum(_numel(t.shape) for t in prepared.base.tensors.values())
+    per_param = BYTES_PER_PARAM.get(load.quantize or "", 4 if load.device == "cpu" else 2)
+    model = int(params * per_param)
+    prompts = sum(len(e.positive_prompts or []) + len(e.negative_prompts or []) for e in prepared.config.experts)
+    return {"device": load.device, "quantize": load.quantize, "prompts": prompts, "model_bytes": model,
+            "peak_bytes": model + hidden.HIDDEN_BUDGET_BYTES}  # fmt: skip
+
+
+def _peak_ram(hidden_pass: dict[str, Any] | None) -> int:
+    """Streaming holds a few row chunks; a hidden pass on the CPU also holds the base model and one chunk's states."""
+    stream = RUNTIME_BYTES + 3 * CHUNK_BYTES
+    if hidden_pass is None or hidden_pass["device"] != "cpu":
+        return stream
+    return max(stream, RUNTIME_BYTES + hidden_pass["peak_bytes"])
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict[str, Any]:
+    """Every figure `moemerge plan` prints; the plan's own tensors give parameters, bytes and shards exactly."""
+    plan, config = prepared.plan, prepared.config
+    shapes = {t.name: t.shape for t in plan.tensors}
+    total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
+                                          experts_per_token=config.experts_per_token)  # fmt: skip
+    models = list(dict.fromkeys([prepared.base, *prepared.experts, *prepared.shared]))
+    read_bytes = sum(t.nbytes for t in plan.tensors if t.source.__class__.__name__ == "FromModel")
+    sample = next((info.file for info in prepared.base.tensors.values() if info.file.is_absolute()), None)
+    read_speed, write_speed = disk_speed(probe_dir, sample)
+    hidden_pass = _hidden_pass(prepared, load)
+    return {
+        "architecture": prepared.arch.name,
+        "class": prepared.arch.class_name,
+        "rejected": _rejected(prepared),
+        "gate_mode": config.gate_mode,
+        "experts_per_token": config.experts_per_token,
+        "dtype": prepared.dtype,
+        "experts": [
+            {
+                "model": e.source_model,
+                "positive_prompts": len(e.positive_prompts or []),
+                "negative_prompts": len(e.negative_prompts or []),
+            }
+            for e in config.experts
+        ],  # fmt: skip
+        "shared_experts": [e.source_model for e in config.shared_experts or []],
+        "parameters": {"total": total, "active": active},
+        "output_bytes": plan.total_size,
+        "output_bytes_by_dtype": {d: total * s for d, s in (("float32", 4), ("bfloat16", 2), ("float16", 2))},
+        "shards": len(plan.shards),
+        "download_bytes": sum(m.download_bytes for m in models),
+        "peak_ram_bytes": _peak_ram(hidden_pass),
+        "hidden_pass": hidden_pass,
+        "disk": {"read_bytes_per_s": round(read_speed), "write_bytes_per_s": round(write_speed)},
+        "estimated_seconds": round(read_bytes / read_speed + plan.total_size / write_speed, 1),
+        "warnings": list(prepared.arch.warnings),
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return ""
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"output: {s['class']} ({s['architecture']}), {len(s['experts'])} experts, top-{s['experts_per_token']}, "
+             f"gate {s['gate_mode']}, dtype {s['dtype']}"]  # fmt: skip
+    lines += [f"  not {name}: {'; '.join(why)}" if why else f"  {name} would also fit (set `architecture: {name}`)"
+              for name, why in s["rejected"].items()]  # fmt: skip
+    for i, e in enumerate(s["experts"]):
+        lines.append(
+            f"expert {i}: {e['model']} ({e['positive_prompts']} positive, {e['negative_prompts']} negative prompts)"
+        )
+    lines += [f"shared expert: {m}" for m in s["shared_experts"]]
+    p = s["parameters"]
+    lines.append(f"parameters: {p['total']:,} total, {p['active']:,} active per token")
+    by_dtype = ", ".join(f"{d} {_size(b)}" for d, b in s["output_bytes_by_dtype"].items())
+    lines.append(f"output: {_size(s['output_bytes'])} in {s['shards']} shard(s) (as {by_dtype})")
+    lines.append(f"download: {_size(s['download_bytes'])}")
+    lines.append(f"peak RAM: about {_size(s['peak_ram_bytes'])}")
+    if s["hidden_pass"]:
+        h = s["hidden_pass"]
+        where = "VRAM" if h["device"] != "cpu" else "RAM"
+        lines.append(f"hidden-state pass: {h['prompts']} prompts on {h['device']}"
+                     f"{' in ' + h['quantize'] if h['quantize'] else ''}, about {_size(h['peak_bytes'])} of {where}")  # fmt: skip
+    d = s["disk"]
+    lines.append(f"time: about {s['estimated_seconds']:.0f} s of disk work (read {_size(d['read_bytes_per_s'])}/s, "
+                 f"write {_size(d['write_bytes_per_s'])}/s measured){' plus the hidden-state pass' if s['hidden_pass'] else ''}")  # fmt: skip
+    lines += [f"note: {w}" for w in s["warnings"]]
+    return "\n".join(lines)
