@@ -99,7 +99,7 @@ def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict
                 "negative_prompts": len(e.negative_prompts or []),
             }
             for e in config.experts
-        ],  # fmt: skip
+        ],
         "shared_experts": [e.source_model for e in config.shared_experts or []],
         "parameters": {"total": total, "active": active},
         "output_bytes": plan.total_size,
@@ -123,8 +123,8 @@ def _size(n: float) -> str:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"output: {s['class']} ({s['architecture']}), {len(s['experts'])} experts, top-{s['experts_per_token']}, "
-             f"gate {s['gate_mode']}, dtype {s['dtype']}"]  # fmt: skip
+    head = f"output: {s['class']} ({s['architecture']}), {len(s['experts'])} experts, top-{s['experts_per_token']}, "
+    lines = [head + f"gate {s['gate_mode']}, dtype {s['dtype']}"]
     lines += [f"  not {name}: {'; '.join(why)}" if why else f"  {name} would also fit (set `architecture: {name}`)"
               for name, why in s["rejected"].items()]  # fmt: skip
     for i, e in enumerate(s["experts"]):

@@ -25,7 +25,7 @@ def _written(out):
     shapes, files = {}, sorted(out.glob("*.safetensors"))
     for file in files:
         with safe_open(str(file), "pt") as f:
-            shapes.update({name: f.get_slice(name).get_shape() for name in f.keys()})  # noqa: SIM118
+            shapes.update({name: f.get_slice(name).get_shape() for name in f.keys()})
     return len(files), sum(math.prod(s) * 2 for s in shapes.values()), shapes  # bfloat16: 2 bytes each
 
 
