@@ -102,6 +102,19 @@ def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, a
     return problems
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_tokenizer(base: ModelSource, gate_mode: str) -> list[str]:
+    """Prompt gate modes tokenise with the base's tokenizer: it must be there before any work starts."""
+    if gate_mode not in PROMPT_GATE_MODES or not base.has_files:
+        return []
+    if any((base.path / name).is_file() for name in TOKENIZER_FILES):
+        return []
+    return [f"base_model: {base.path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); gate_mode "
+            f"'{gate_mode}' tokenises the prompts with it (add them, or use gate_mode random)"]  # fmt: skip
+
+
 def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same: bool) -> list[str]:
     """All experts the same model makes a MoE that equals one dense model; refuse unless the user insists."""
     if allow_same or len(experts) < 2 or len({e.path for e in experts}) > 1:

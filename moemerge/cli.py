@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -155,7 +157,13 @@ def merge(
               f"{len(plan.shards)} shard(s), {plan.total_size / 1e6:.1f} MB)")  # fmt: skip
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: the partial output folder is removed
+
+
 def _run(command, args: list[str], debug: bool) -> int:
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         command.main(args=args, prog_name="moemerge", standalone_mode=False)
         return 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge import card, checks, hub, routing, verify
+from moemerge import card, checks, hub, output, routing, verify
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import MergeConfig, dump_config, load_config, normalise_dtype
 from moemerge.errors import (
@@ -115,6 +114,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     ]
     problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
     problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
+    problems += checks.check_tokenizer(base, config.gate_mode)
     names = set(base.tensors)
     arch, reasons = choose_architecture(config.architecture, base.config, names, num_shared=len(shared))
     if arch is None:
@@ -185,25 +185,16 @@ def _card(prepared: Prepared, folder: Path, resolved: dict) -> None:
     (folder / "README.md").write_text(text)
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; an existing OUT (only with --overwrite) is removed after the swap."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Progress | None = None) -> Prepared:
     """Run a whole merge; OUT appears only when everything has been written."""
     progress = progress or (lambda stage, done, total: None)
     prepared = prepare(config_path, out, options)
+    output.recover(out)
+    output.check_space(out, prepared.plan.total_size)
+    log.info("computing routers (gate_mode %s)", prepared.config.gate_mode)
     routers = _routers(prepared, options, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = output.temp_folder(out)
     tmp.mkdir()
     try:
         _write(prepared, tmp, routers, progress)
@@ -216,7 +207,8 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
         if options.routing_report:
             _routing_report(tmp, options)
         _card(prepared, tmp, resolved)
-        _publish(tmp, out)
+        log.info("moving %s into place", out)
+        output.publish(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

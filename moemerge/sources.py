@@ -48,6 +48,11 @@ class ModelSource:
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
 
     @property
+    def has_files(self) -> bool:
+        """False for a dry run's Hub model, known by its remote headers only."""
+        return all(info.file.is_absolute() for info in self.tensors.values())
+
+    @property
     def model_type(self) -> str:
         return str(self.config.get("model_type", "?"))
 
@@ -157,6 +162,10 @@ def _weight_files(path: Path) -> list[Path]:
                 files = sorted(set(weight_map.values()))
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise SourceError(f"{index}: corrupt index (no weight_map); re-download the model") from None
+            outside = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in (".", "..")]
+            if outside:
+                raise SourceError(f"{index}: names {outside[0]!r}, which is not a file in the model folder; "
+                                  "the index is corrupt or hostile")  # fmt: skip
             return [path / f for f in files]
         if (path / single_name).is_file():
             return [path / single_name]
@@ -232,5 +241,6 @@ def open_source(
         if headers_only:
             return _remote_source(ref, wanted)
         path, revision = hub.fetch_model(ref, wanted=wanted, side_files=side_files)
+    config = _read_config(path)  # first: a folder without config.json is not a model at all
     tensors = _read_tensors(path, wanted, partial=revision is not None)
-    return ModelSource(ref, path, _read_config(path), tensors, revision)
+    return ModelSource(ref, path, config, tensors, revision)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from moemerge.errors import MergeFailedError
 from moemerge.sources import ST_DTYPES, TORCH_TO_ST
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def write_shards(
 ) -> None:
     """Write every shard in order from `stream` (name, chunks), then the index when there are several shards."""
     for layout in layouts:
+        log.info("writing %s", layout.filename)
         with open(folder / layout.filename, "wb") as fh:
             fh.write(header_bytes(layout.entries))
             for name, dtype, shape in layout.entries:

@@ -44,7 +44,10 @@ def models(tmp_path_factory) -> Models:
 def write_config(tmp_path):
     def write(data, name: str = "config.yaml") -> Path:
         path = tmp_path / name
-        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
         return path
 
     return write

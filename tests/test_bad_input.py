@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -42,6 +43,43 @@ def zoo(models, tmp_path_factory):
     z["no_config"] = root / "no_config"
     shutil.copytree(z["e1"], z["no_config"])
     (z["no_config"] / "config.json").unlink()
+    z["heads"] = models.base("llama", num_attention_heads=8)
+    z["kv_heads"] = models.base("llama", num_key_value_heads=4)
+    z["qwen3"] = models.base("qwen3")
+    sharded = root / "sharded"
+    shutil.copytree(z["e1"], sharded)
+    state = load_file(sharded / "model.safetensors")
+    (sharded / "model.safetensors").unlink()
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2 :]}  # fmt: skip
+    for file, part in halves.items():
+        save_file({n: state[n] for n in part}, sharded / file, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    z["sharded"] = sharded
+    z["lost_shard"] = root / "lost_shard"
+    shutil.copytree(sharded, z["lost_shard"])
+    (z["lost_shard"] / "model-00002-of-00002.safetensors").unlink()
+    z["escaping_index"] = root / "escaping_index"
+    shutil.copytree(sharded, z["escaping_index"])
+    index["weight_map"] = {n: "../../../../etc/passwd" for n in index["weight_map"]}
+    (z["escaping_index"] / "model.safetensors.index.json").write_text(json.dumps(index))
+    for name, tensor, value in (("nan_expert", "model.layers.1.mlp.down_proj.weight", float("nan")),
+                                ("inf_base", "model.layers.0.self_attn.q_proj.weight", float("inf"))):  # fmt: skip
+        folder = root / name
+        shutil.copytree(z["e1"] if name == "nan_expert" else base, folder)
+        state = load_file(folder / "model.safetensors")
+        state[tensor][0, 0] = value
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        z[name] = folder
+    z["no_tokenizer"] = root / "no_tokenizer"
+    z["no_tokenizer"].mkdir()
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy(base / file, z["no_tokenizer"])
+    z["not_a_model"] = root / "not_a_model"
+    z["not_a_model"].mkdir()
+    (z["not_a_model"] / "notes.txt").write_text("hello")
     z["no_weights"] = root / "no_weights"
     z["no_weights"].mkdir()
     shutil.copy(base / "config.json", z["no_weights"])
@@ -106,6 +144,52 @@ CASES = {
         lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": ["  "]}]},
         "empty prompt",
     ),
+    "head_count_mismatch": (lambda z: cfg(z, experts=("e1", "heads")), "num_attention_heads is 8"),
+    "kv_head_mismatch": (lambda z: cfg(z, experts=("e1", "kv_heads")), "num_key_value_heads is 4"),
+    "index_missing_shard": (lambda z: cfg(z, experts=("e1", "lost_shard")), "listed in the model's index but missing"),
+    "index_escapes_folder": (lambda z: cfg(z, experts=("e1", "escaping_index")), "not a file in the model folder"),
+    "nan_in_expert": (lambda z: cfg(z, experts=("e1", "nan_expert")), "NaN or Inf"),
+    "inf_in_base": (lambda z: cfg(z, base="inf_base"), "NaN or Inf"),
+    "base_without_tokenizer": (lambda z: cfg(z, base="no_tokenizer"), "has no tokenizer files"),
+    "folder_is_not_a_model": (lambda z: cfg(z, experts=("e1", "not_a_model")), "no config.json"),
+    "path_traversal_source": (
+        lambda z: {**cfg(z), "experts": [{"source_model": "../../../../../../etc", "positive_prompts": P}]},
+        "no config.json",
+    ),
+    "hub_id_with_dotdot": (
+        lambda z: {**cfg(z), "experts": [{"source_model": "org/../../x", "positive_prompts": P}]},
+        "no such folder",
+    ),
+    "qwen3_arch_for_llama": (lambda z: cfg(z, architecture="qwen3_moe"), "qwen3_moe: takes qwen3 models"),
+    "shared_expert_on_mixtral": (
+        lambda z: {**cfg(z), "architecture": "mixtral", "shared_experts": [{"source_model": str(z["e1"])}]},
+        "mixtral: takes no shared experts",
+    ),
+    "mixed_families": (lambda z: cfg(z, experts=("e1", "qwen3")), "differs"),
+    "dtype_number": (lambda z: cfg(z, dtype=16), "dtype"),
+    "seed_text": (lambda z: cfg(z, seed="lucky"), "seed"),
+    "empty_base_model": (lambda z: {**cfg(z), "base_model": ""}, "base_model"),
+    "null_source_model": (
+        lambda z: {**cfg(z), "experts": [{"source_model": None, "positive_prompts": P}]},
+        "experts[0].source_model",
+    ),
+    "noise_scale_text": (
+        lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": P, "noise_scale": "lots"}]},
+        "noise_scale",
+    ),
+    "prompt_file_missing": (
+        lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": "nope.txt"}]},
+        "prompt file",
+    ),
+    "yaml_alias_bomb": (
+        lambda z: (
+            "base_model: [&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], "
+            "&c [*b, *b, *b, *b, *b, *b, *b, *b], [*c, *c, *c, *c, *c, *c, *c, *c]]\n"
+            "experts: [{source_model: x}]\n"
+        ),
+        "base_model",
+    ),
+    "binary_config": (lambda z: b"\xff\xfe\x00\x81binary", "cannot read the config"),
     "prompts_not_list": (
         lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": 5}]},
         "positive_prompts",
@@ -158,3 +242,47 @@ def test_non_empty_out(zoo, write_config, cli, tmp_path):
     (out / "keep.txt").write_text("x")
     code, _, err = cli(write_config(cfg(zoo)), out)
     assert code == 2 and "not empty" in err and (out / "keep.txt").read_text() == "x"
+
+
+def test_huge_prompt_lists_are_fine(zoo, write_config, cli, tmp_path):
+    """20,000 prompts per expert: cheap_embed reads only the embedding rows it needs; nothing grows per prompt."""
+    many = [f"prompt {i} about {'code' if i % 2 else 'maths'}" for i in range(20_000)]
+    data = cfg(zoo)
+    data["experts"][0]["positive_prompts"] = many
+    data["experts"][1]["negative_prompts"] = many[:5000]
+    code, _, err = cli(write_config(data), tmp_path / "out", "--quiet")
+    assert code == 0, err
+
+
+def test_out_is_a_file(zoo, write_config, cli, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    code, _, err = cli(write_config(cfg(zoo)), tmp_path / "out")
+    assert code == 2 and "exists and is not a folder" in err and (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_unwritable_parent_fails_before_any_work(zoo, write_config, cli, tmp_path, monkeypatch):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(locked))  # root ignores permissions
+    code, _, err = cli(write_config(cfg(zoo)), locked / "out")
+    assert code == 2 and "not writable" in err and list(locked.iterdir()) == []
+
+
+def test_expert_vocabulary_differs_is_a_warning(zoo, models, write_config, cli, tmp_path):
+    data = cfg(zoo)
+    data["experts"][1]["source_model"] = str(models.base("llama", vocab_size=320))
+    code, _, err = cli(write_config(data), tmp_path / "out")
+    assert code == 0, err
+    assert "WARNING" in err and "vocab" in err
+
+
+def test_no_remote_code_without_the_flag(models, write_config, cli, tmp_path):
+    base = models.base("llama")
+    data = {"base_model": str(base), "architecture": "deepseek", "gate_mode": "cheap_embed",
+            "experts": [{"source_model": str(models.expert(base, i + 1)), "positive_prompts": [f"p {i}"]}
+                        for i in range(2)]}  # fmt: skip
+    assert cli(write_config(data), tmp_path / "out", "-q")[0] == 0
+    code, _, err = cli("route", tmp_path / "out")
+    assert code == 2 and "rerun with --trust-remote-code" in err and err.count("\n") == 1

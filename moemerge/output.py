@@ -1,0 +1,83 @@
+"""The output folder's life: free-space check, a temporary sibling to write into, recovery after a killed run, and
+the durable rename into place (a killed run never leaves a folder that looks finished)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from moemerge.errors import OutputError
+
+log = logging.getLogger(__name__)
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.moemerge-(?P<kind>tmp|old)-(?P<pid>\d+)$")
+SPACE_MARGIN = 16 * 2**20  # config, tokenizer, card, index
+
+
+def temp_folder(out: Path) -> Path:
+    return out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(out: Path) -> None:
+    """Clean up after a run into OUT that was killed: drop its partial folder; put back an OUT it had moved aside."""
+    if not out.parent.is_dir():
+        return
+    for entry in sorted(out.parent.iterdir()):
+        match = LEFTOVER.match(entry.name)
+        if not match or match["name"] != out.name or int(match["pid"]) == os.getpid():
+            continue
+        if _alive(int(match["pid"])):
+            raise OutputError(f"{out}: another moemerge (pid {match['pid']}) is writing it; wait for it to finish")
+        if match["kind"] == "old" and not out.exists():
+            entry.rename(out)
+            log.warning("%s: restored the folder an interrupted run had moved aside", out)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left by an interrupted run", entry)
+
+
+def check_space(out: Path, need: int) -> None:
+    """Fail before any work when OUT's filesystem cannot hold the merge."""
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need + SPACE_MARGIN:
+        raise OutputError(f"{parent}: {free / 1e9:.2f} GB free, the merge needs about {(need + SPACE_MARGIN) / 1e9:.2f}"
+                          " GB; free some space or choose another output folder")  # fmt: skip
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Make every file durable, then swap the folder into place. An existing OUT (--overwrite) is moved aside first
+    and deleted last; a run killed between the two renames gets it back from recover()."""
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    _fsync(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
