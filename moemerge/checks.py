@@ -111,8 +111,8 @@ def check_tokenizer(base: ModelSource, gate_mode: str) -> list[str]:
         return []
     if any((base.path / name).is_file() for name in TOKENIZER_FILES):
         return []
-    return [f"base_model: {base.path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); gate_mode "
-            f"'{gate_mode}' tokenises the prompts with it (add them, or use gate_mode random)"]  # fmt: skip
+    need = f"gate_mode '{gate_mode}' tokenises the prompts with it (add them, or use gate_mode random)"
+    return [f"base_model: {base.path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); {need}"]
 
 
 def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same: bool) -> list[str]:

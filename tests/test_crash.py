@@ -59,9 +59,9 @@ def test_killed_merge_leaves_out_absent_or_unchanged(job, tmp_path, trigger, exi
     _killed_at(_command(job, out, *extra), trigger)
     after = _state(out)
     assert after == before or (existing and after == {})  # killed between the two renames: OUT moved aside
-    rerun = subprocess.run(_command(job, out, *extra), capture_output=True, text=True)
+    rerun = subprocess.run(_command(job, out, *extra), capture_output=True, text=True, check=False)
     assert rerun.returncode == 0, rerun.stderr
-    verified = subprocess.run([sys.executable, "-m", "moemerge", "verify", str(out), "--quick"], capture_output=True,
+    verified = subprocess.run([sys.executable, "-m", "moemerge", "verify", str(out), "--quick"], capture_output=True, check=False,
                               text=True)  # fmt: skip
     assert verified.returncode == 0, verified.stderr
     assert not (out / "previous.txt").exists()
@@ -70,7 +70,9 @@ def test_killed_merge_leaves_out_absent_or_unchanged(job, tmp_path, trigger, exi
 
 def test_recover_puts_back_a_moved_aside_out(tmp_path):
     out = tmp_path / "out"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
+    )
     pid = int(dead.stdout)
     (tmp_path / f".out.moemerge-old-{pid}").mkdir()
     (tmp_path / f".out.moemerge-old-{pid}" / "config.json").write_text("{}")
@@ -85,7 +87,7 @@ def small_filesystem(folder: Path, size: str):
     """A real size-limited tmpfs when this machine allows mounting; None otherwise."""
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0 if os.geteuid() == 0 else False  # fmt: skip
+                             capture_output=True, check=False).returncode == 0 if os.geteuid() == 0 else False  # fmt: skip
     try:
         yield mounted
     finally:
