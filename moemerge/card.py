@@ -48,52 +48,120 @@ def parameter_counts(
     return total, total - (num_experts - experts_per_token) * expert
 
 
+def source_license(folder: Path, config: dict[str, Any]) -> str | None:
+    """The license a model declares: its README.md front matter (as the Hub reads it), else its config.json."""
+    from huggingface_hub import ModelCard
+
+    readme = folder / "README.md"
+    if readme.is_file():
+        try:
+            license = ModelCard.load(readme).data.license
+        except Exception:  # noqa: BLE001 -- a malformed card of someone else's model is no reason to fail
+            license = None
+        if isinstance(license, str) and license:
+            return license
+    declared = config.get("license")
+    return declared if isinstance(declared, str) and declared else None
+
+
+def _cell(prompts: list[str] | None, limit: int = 8) -> str:
+    """Prompts as one Markdown table cell: pipes escaped, newlines flattened, long lists cut."""
+    if not prompts:
+        return "-"
+    shown = [" ".join(p.split()).replace("|", "\\|") for p in prompts[:limit]]
+    more = f"; ... ({len(prompts) - limit} more)" if len(prompts) > limit else ""
+    return "; ".join(shown) + more
+
+
+def _routing_section(report: dict[str, Any] | None) -> str:
+    if not report:
+        return ""
+    head = "| prompt set | " + " | ".join(f"`{e}`" for e in report["experts"]) + " |"
+    rule = "|---" * (len(report["experts"]) + 1) + "|"
+    rows = [f"| {s['name']} | " + " | ".join(f"{v:.1%}" for v in s["share"]) + " |" for s in report["prompt_sets"]]
+    return (f"\n## Routing\n\nShare of each prompt set's top-{report['experts_per_token']} expert picks, averaged over "
+            f"{report['layers']} layers (from `moemerge route`; `routing.json` has the per-layer figures).\n\n"
+            + "\n".join([head, rule, *rows]) + "\n\n![routing heatmap](routing.png)\n")  # fmt: skip
+
+
 def model_card(
-    resolved: dict[str, Any], *, arch_class: str, total: int, active: int, notes: tuple[str, ...] = ()
+    resolved: dict[str, Any],
+    *,
+    name: str,
+    arch_class: str,
+    total: int,
+    active: int,
+    hub_models: list[str],
+    license: str | None = None,
+    notes: tuple[str, ...] = (),
+    routing: dict[str, Any] | None = None,
 ) -> str:
-    """README.md with Hub front matter, the experts and their prompts, the config and a usage snippet."""
-    models = [resolved["base_model"]] + [e["source_model"] for e in resolved["experts"]]
-    front = {
-        "base_model": list(dict.fromkeys(models)),
-        "tags": ["moe", "frankenmoe", "merge", "moemerge"],
-        "library_name": "transformers",
-        "pipeline_tag": "text-generation",
-    }
+    """README.md: Hub front matter (huggingface_hub's ModelCardData), what the model is, its experts and prompts,
+    sizes, the config, usage (also in 4-bit) and the routing report when there is one."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        base_model=hub_models or None,  # the Hub only accepts repo ids here; local folders are listed below
+        tags=["moe", "frankenmoe", "merge", "moemerge"],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=license,
+    )
+    experts = resolved["experts"]
     rows = "\n".join(
-        f"| {i} | `{e['source_model']}` | {'; '.join(e.get('positive_prompts') or []) or '-'} |"
-        for i, e in enumerate(resolved["experts"])
+        f"| {i} | `{e['source_model']}` | {_cell(e.get('positive_prompts'))} | {_cell(e.get('negative_prompts'))} |"
+        for i, e in enumerate(experts)
+    )
+    shared = "".join(
+        f"\nShared expert (always active): `{e['source_model']}`.\n" for e in resolved.get("shared_experts") or []
     )
     caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes)
+    license_line = license or "not set: the base model's license applies; pass `--license` to state it"
     config_yaml = yaml.safe_dump({k: v for k, v in resolved.items() if k != "sources"}, sort_keys=False)
-    return f"""---
-{yaml.safe_dump(front, sort_keys=False)}---
+    body = f"""
+# {name}
 
-# frankenMoE built with moemerge
+A Mixture-of-Experts model (`{arch_class}`) built with [moemerge](https://pypi.org/project/moemerge/) from
+`{resolved["base_model"]}` (attention, norms and embeddings) and {len(experts)} experts (one per fine-tune: its MLP
+layers). It has not been trained after merging; each layer's router was initialised with gate mode
+`{resolved["gate_mode"]}` from the prompts below.
 
-A Mixture-of-Experts model (`{arch_class}`) built by [moemerge](https://pypi.org/project/moemerge/) from
-`{resolved["base_model"]}` (attention, norms and embeddings) and {len(resolved["experts"])} experts (their MLPs).
-It has not been trained after merging; the routers were initialised with gate mode `{resolved["gate_mode"]}`.
+- Architecture: `{arch_class}`, {len(experts)} experts, {resolved["experts_per_token"]} active per token
+- Parameters: {total:,} in total, {active:,} active per token
+- dtype: `{resolved["dtype"]}`
+- License: {license_line}
 
-- Parameters: {total:,} in total, {active:,} active per token ({resolved["experts_per_token"]} experts per token)
-- dtype: {resolved["dtype"]}
-
-| expert | source model | positive prompts |
-|---|---|---|
+| expert | source model | positive prompts | negative prompts |
+|---|---|---|---|
 {rows}
-{caveats}
-## Configuration
-
-```yaml
-{config_yaml}```
-
+{shared}{caveats}{_routing_section(routing)}
 ## Usage
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("path/or/repo")
-model = AutoModelForCausalLM.from_pretrained("path/or/repo", dtype="auto", device_map="auto")
+repo = "your-name/{name}"  # or the local folder
+tokenizer = AutoTokenizer.from_pretrained(repo)
+model = AutoModelForCausalLM.from_pretrained(repo, dtype="auto", device_map="auto")
 inputs = tokenizer("Hello, my name is", return_tensors="pt").to(model.device)
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))
 ```
+
+In 4-bit on a small GPU (`pip install bitsandbytes`):
+
+```python
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+model = AutoModelForCausalLM.from_pretrained(
+    repo, device_map="auto", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype="bfloat16")
+)
+```
+
+## Configuration
+
+Rerun with `moemerge moemerge.yml OUT` (the file is in this repo):
+
+```yaml
+{config_yaml}```
 """
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))

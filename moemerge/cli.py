@@ -120,6 +120,9 @@ def merge(
     load_in_8bit: Load8Opt = False,
     trust_remote_code: RemoteOpt = False,
     max_memory: MaxMemOpt = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="After a successful merge, upload OUT to this Hub repo (see `moemerge push`).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo as private.")] = False,
+    license: Annotated[str | None, typer.Option(help="License for the model card (default: the base model's, when known).")] = None,
     routing_report: Annotated[bool, typer.Option("--routing-report", help="Run `moemerge route` on the result and add it to OUT and the card.")] = False,
     random_seed: Annotated[int | None, typer.Option(help="Seed for random gates and noise (overrides `seed:`).")] = None,
     allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="Allow every expert to be the same model.")] = False,
@@ -142,7 +145,14 @@ def merge(
         allow_same_experts=allow_same_experts,
         load=load_options(device, load_in_4bit, load_in_8bit, trust_remote_code, max_memory),
         routing_report=routing_report,
+        license=license,
     )
+    if private and not push_to_hub:
+        raise ConfigError("--private only applies with --push-to-hub REPO_ID")
+    if push_to_hub:
+        from moemerge import hub
+
+        hub.check_push(push_to_hub)  # before the merge, not after hours of it
     bar, update = _progress_display(quiet)
     if bar is not None:
         bar.start()
@@ -155,6 +165,10 @@ def merge(
         plan = prepared.plan
         print(f"wrote {out} ({prepared.arch.class_name}, {len(prepared.experts)} experts, "
               f"{len(plan.shards)} shard(s), {plan.total_size / 1e6:.1f} MB)")  # fmt: skip
+    if push_to_hub:
+        url = hub.push(out, push_to_hub, private=private, revision=None, message=None)
+        if not quiet:
+            print(f"pushed {out} to {url}")
 
 
 def _terminate(signum, frame) -> None:

@@ -41,6 +41,12 @@ class MergeFailedError(MoemergeError, RuntimeError):
     exit_code = 1
 
 
+class PushError(MoemergeError, RuntimeError):
+    """Publishing to the Hugging Face Hub failed (no token, no permission, network)."""
+
+    exit_code = 1
+
+
 def problems_error(cls: type[MoemergeError], problems: list[str]) -> MoemergeError:
     """One exception carrying every problem found; its message is the problems joined."""
     return cls("; ".join(problems), problems=problems)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from moemerge.errors import SourceError
+from moemerge.errors import ConfigError, MoemergeError, PushError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,12 @@ def _download(repo_id: str, filename: str, revision: str | None, *, optional: bo
         raise
 
 
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) -> tuple[Path, str | None]:
     """Download what a merge needs from `org/name[@revision]`; returns (snapshot folder, commit hash)."""
     repo_id, revision = split_ref(ref)
@@ -79,12 +85,15 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
                 shards = []
                 break
         else:
+            if _offline():
+                raise SourceError(f"model '{ref}': its weights are not in the Hugging Face cache and HF_HUB_OFFLINE=1 "
+                                  "is set; run once online (or unset HF_HUB_OFFLINE)")  # fmt: skip
             raise SourceError(f"model '{ref}' has no safetensors or pytorch_model.bin weights on the Hub")
         for shard in shards:
             log.info("downloading %s from %s", shard, repo_id)
             _download(repo_id, shard, commit, optional=False)
         if side_files:
-            for name in SIDE_FILES:
+            for name in (*SIDE_FILES, "README.md"):  # README.md: only read for the base's license, never copied
                 _download(repo_id, name, commit)
     except SourceError:
         raise
@@ -117,3 +126,61 @@ def missing_bytes(ref: str, commit: str | None, sizes: dict[str, int]) -> int:
     repo_id, _ = split_ref(ref)
     return sum(size for file, size in sizes.items()
                if not isinstance(try_to_load_from_cache(repo_id, file, revision=commit), str))  # fmt: skip
+
+
+LARGE_UPLOAD_BYTES = 50 * 10**9  # above this, upload_large_folder (resumable, several commits)
+
+
+def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
+    from huggingface_hub import errors
+
+    match exc:
+        case errors.HFValidationError():
+            return ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' (letters, digits, -, _, .)")
+        case errors.HfHubHTTPError() if exc.response is not None and exc.response.status_code in (401, 403):
+            return PushError(f"the Hub refused {repo_id}: your token lacks write access to it (check the name and "
+                             "the token's permissions)")  # fmt: skip
+        case errors.HfHubHTTPError():
+            return PushError(f"the Hub rejected the upload to {repo_id} ({str(exc).splitlines()[0][:200]})")
+        case _ if isinstance(exc, OSError) or "connect" in exc.__class__.__name__.lower():
+            return PushError(f"cannot reach the Hugging Face Hub to push {repo_id}: check the network (or HF_ENDPOINT)")
+    return PushError(f"push to {repo_id} failed ({exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]})")
+
+
+def check_push(repo_id: str) -> None:
+    """What can be known before a long merge: the repo name is valid and a token is there."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise _push_error(repo_id, HFValidationError(repo_id)) from None
+    if "/" not in repo_id:
+        raise ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' or 'org/name'")
+    if not get_token():
+        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
+
+
+def push(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str | None) -> str:
+    """Create `repo_id` if needed and upload `folder` to it; returns the repo's URL. The token comes from HF_TOKEN or
+    the user's login and is never printed, logged or written."""
+    from huggingface_hub import HfApi
+
+    check_push(repo_id)
+    api = HfApi()
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        if size > LARGE_UPLOAD_BYTES:
+            api.upload_large_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+                                    private=private)  # fmt: skip
+        else:
+            api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                              commit_message=message or "Upload MoE model built with moemerge")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one line naming the repo
+        raise _push_error(repo_id, exc) from None
+    return str(url)

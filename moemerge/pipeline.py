@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class MergeOptions:
         default_factory=LoadOptions
     )  # how the hidden-state pass (and the routing report) load a model
     routing_report: bool = False
+    license: str | None = None  # for the model card; default: the base's
 
 
 @dataclass
@@ -176,12 +178,24 @@ def _routing_report(folder: Path, options: MergeOptions) -> None:
         log.warning("routing report skipped: %s (run `moemerge route OUT` to retry)", first)
 
 
-def _card(prepared: Prepared, folder: Path, resolved: dict) -> None:
+def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, license: str | None) -> None:
     shapes = {t.name: t.shape for t in prepared.plan.tensors}
     total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
                                           experts_per_token=prepared.config.experts_per_token)  # fmt: skip
-    text = card.model_card(resolved, arch_class=prepared.arch.class_name, total=total, active=active,
-                           notes=prepared.arch.warnings)  # fmt: skip
+    models = dict.fromkeys([prepared.base, *prepared.experts, *prepared.shared])
+    hub_models = list(dict.fromkeys(hub.split_ref(m.ref)[0] for m in models if m.revision is not None))
+    report = folder / routing.REPORT_JSON
+    text = card.model_card(
+        resolved,
+        name=name,
+        arch_class=prepared.arch.class_name,
+        total=total,
+        active=active,
+        hub_models=hub_models,
+        license=license or card.source_license(prepared.base.path, prepared.base.config),
+        notes=prepared.arch.warnings,
+        routing=json.loads(report.read_text()) if report.is_file() else None,
+    )
     (folder / "README.md").write_text(text)
 
 
@@ -206,7 +220,7 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
             )
         if options.routing_report:
             _routing_report(tmp, options)
-        _card(prepared, tmp, resolved)
+        _card(prepared, tmp, resolved, name=out.resolve().name, license=options.license)
         log.info("moving %s into place", out)
         output.publish(tmp, out)
     except BaseException as exc:
