@@ -109,7 +109,11 @@ def _progress_display(quiet: bool):
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)
 
 
-@app.command(help="Merge the base and expert models named in CONFIG into one MoE checkpoint written to OUT.")
+@app.command(
+    help="Merge the base and expert models named in CONFIG into one MoE checkpoint written to OUT.",
+    epilog="Other commands: `moemerge plan CONFIG` (dry run), `moemerge verify OUT`, `moemerge route OUT` "
+    "(routing report), `moemerge push OUT REPO_ID`; each takes --help.",
+)
 def merge(
     config: Annotated[Path, typer.Argument(help="YAML config (mergekit-moe configs work unchanged).")],
     out: Annotated[Path, typer.Argument(help="Output folder; must be absent or empty unless --overwrite.")],

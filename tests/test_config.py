@@ -31,3 +31,34 @@ def test_defaults():
     assert (config.gate_mode, config.dtype, config.experts_per_token, config.seed) == ("hidden", "bfloat16", 1, None)
     two = parse_config({"base_model": "a/b", "experts": [{"source_model": "c/d"}, {"source_model": "e/f"}]})
     assert two.experts_per_token == 2
+
+
+FAMILIES = {"beyonder-4x7b.yaml": "mistral", "qwen2.5-3x7b-shared.yaml": "qwen2", "qwen3-2x4b.yaml": "qwen3",
+            "llama3-3x8b.yaml": "llama"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_examples_merge_with_stand_in_models(name, models, write_config, cli, tmp_path):
+    """Each shipped Hub example, with every Hub id swapped for a tiny local model of the same family, merges,
+    passes every check and loads (its own checks, its prompts, its architecture choice)."""
+    import yaml
+    from conftest import load_moe
+
+    from moemerge.checks import check_config_rules
+
+    path = Path(__file__).parent.parent / "examples" / "configs" / name
+    config = load_config(path)
+    assert check_config_rules(config) == []
+    data = yaml.safe_load(path.read_text())
+    base = models.base(FAMILIES[name])
+    stand_in = {data["base_model"]: base}
+    for entry in data["experts"] + data.get("shared_experts", []):
+        ref = entry["source_model"]
+        stand_in.setdefault(ref, models.expert(base, len(stand_in)))
+        entry["source_model"] = str(stand_in[ref])
+    data["base_model"] = str(base)
+    code, _, err = cli(write_config(data), tmp_path / "out", "-q")
+    assert code == 0, err
+    model = load_moe(tmp_path / "out")
+    expected = {"qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}.get(FAMILIES[name], "mixtral")
+    assert model.config.model_type == expected

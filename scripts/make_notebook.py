@@ -1,0 +1,117 @@
+"""Regenerate examples/moemerge_colab.ipynb (run from the repo root): the notebook is built here so it diffs well."""
+
+import nbformat as nbf
+
+nb = nbf.v4.new_notebook()
+cells = []
+cells.append(
+    nbf.v4.new_markdown_cell("""# moemerge: build a frankenMoE in Colab
+
+Merge a base model and fine-tunes of the same family (Llama, Mistral, Qwen2/2.5, Qwen3) into one Mixture-of-Experts
+checkpoint (Mixtral, Qwen2-MoE, Qwen3-MoE or DeepSeek-MoE layout), see which experts its routers pick, and publish it
+to the Hugging Face Hub with a model card.
+
+1. Run the install cell.
+2. Edit the form: the config (mergekit-moe configs work unchanged) and the model name.
+3. Run the rest. On a GPU runtime the hidden-state pass runs on the GPU (in 4-bit on small GPUs); on CPU it runs in
+   float32. To push, add your Hugging Face token as a Colab secret named `HF_TOKEN` (key icon on the left) and tick
+   `PUSH`.""")
+)
+cells.append(
+    nbf.v4.new_code_cell("""# Install moemerge (skipped when it is already installed)
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("moemerge") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "moemerge[quant]"], check=True)
+import moemerge
+
+print("moemerge", moemerge.__version__)""")
+)
+form = nbf.v4.new_code_cell('''# @title Config and model name { display-mode: "form" }
+CONFIG_YAML = """
+base_model: Qwen/Qwen2.5-0.5B
+gate_mode: hidden
+dtype: bfloat16
+experts_per_token: 2
+experts:
+  - source_model: Qwen/Qwen2.5-0.5B-Instruct
+    positive_prompts:
+      - "Hi! Can you help me plan a trip to Lisbon?"
+      - "Write a friendly email to my landlord about the heating."
+  - source_model: Qwen/Qwen2.5-Coder-0.5B-Instruct
+    positive_prompts:
+      - "Write a Python function that reverses a linked list."
+      - "Fix the bug in this JavaScript code:"
+"""  # @param {type:"raw"}
+MODEL_NAME = "Qwen2.5-2x0.5B-MoE"  # @param {type:"string"}
+HF_USERNAME = "your-name"  # @param {type:"string"}
+PUSH = False  # @param {type:"boolean"}
+PRIVATE = True  # @param {type:"boolean"}''')
+form.metadata["tags"] = ["parameters"]
+cells.append(form)
+cells.append(
+    nbf.v4.new_code_cell("""# Plan (a dry run: checks everything from config.json files and headers, downloads no weights), then merge
+from pathlib import Path
+
+import torch
+
+Path("config.yaml").write_text(CONFIG_YAML)
+device = []  # CPU runtime: float32 hidden-state pass
+if torch.cuda.is_available():
+    device = ["--device", "cuda"]
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:  # T4 and friends: 4-bit hidden-state pass
+        device += ["--load-in-4bit"]
+print("device flags:", " ".join(device) or "(none: CPU)")
+
+
+def moemerge_cli(*args):
+    result = subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], capture_output=True, text=True)
+    print(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"moemerge exited with {result.returncode}: see the message above")
+
+
+moemerge_cli("plan", "config.yaml", *device)
+moemerge_cli("config.yaml", MODEL_NAME, *device, "--routing-report", "--overwrite")""")
+)
+cells.append(
+    nbf.v4.new_code_cell("""# Routing report: which experts the merged model's routers pick for each expert's prompts
+import json
+
+from IPython.display import Image, display
+
+from moemerge.routing import format_table
+
+report = Path(MODEL_NAME) / "routing.json"
+if report.is_file():
+    print(format_table(json.loads(report.read_text())))
+    display(Image(filename=str(Path(MODEL_NAME) / "routing.png")))
+else:
+    print("no routing report (see the merge output above)")""")
+)
+cells.append(
+    nbf.v4.new_code_cell("""# Check what was written: shards, index, tensor census, a load and a short generation
+moemerge_cli("verify", MODEL_NAME)""")
+)
+cells.append(
+    nbf.v4.new_code_cell("""# Push to the Hub (tick PUSH in the form; the token comes from the Colab secret HF_TOKEN and is never printed)
+import os
+
+if PUSH:
+    try:
+        from google.colab import userdata  # only in Colab
+
+        os.environ["HF_TOKEN"] = userdata.get("HF_TOKEN")
+    except ImportError:
+        pass  # elsewhere: HF_TOKEN in the environment or `hf auth login`
+    moemerge_cli("push", MODEL_NAME, f"{HF_USERNAME}/{MODEL_NAME}", *(["--private"] if PRIVATE else []))
+else:
+    print("push skipped: tick PUSH in the form to upload")""")
+)
+nb.cells = cells
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+nb.metadata["language_info"] = {"name": "python"}
+nb.metadata["colab"] = {"provenance": []}
+nbf.write(nb, "examples/moemerge_colab.ipynb")
