@@ -80,6 +80,8 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
             if index is not None:
                 weight_map = json.loads(index.read_text())["weight_map"]
                 shards = sorted({file for name, file in weight_map.items() if wanted(name)})
+                if any(not isinstance(f, str) or Path(f).name != f or f in (".", "..") for f in shards):
+                    raise SourceError(f"model '{ref}': its index names files outside the repo; refusing it")
                 break
             if _download(repo_id, single_name, commit) is not None:
                 shards = []
@@ -128,7 +130,9 @@ def missing_bytes(ref: str, commit: str | None, sizes: dict[str, int]) -> int:
                if not isinstance(try_to_load_from_cache(repo_id, file, revision=commit), str))  # fmt: skip
 
 
-LARGE_UPLOAD_BYTES = 50 * 10**9  # above this, upload_large_folder (resumable, several commits)
+# above this, upload_large_folder (resumable, several commits) where huggingface_hub < 2 has it; 2.x removed it and
+# its upload_folder handles large folders itself
+LARGE_UPLOAD_BYTES = 50 * 10**9
 
 
 def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
@@ -175,7 +179,7 @@ def push(folder: Path, repo_id: str, *, private: bool, revision: str | None, mes
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        if size > LARGE_UPLOAD_BYTES:
+        if size > LARGE_UPLOAD_BYTES and hasattr(api, "upload_large_folder"):  # huggingface_hub 2.x: upload_folder
             api.upload_large_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
                                     private=private)  # fmt: skip
         else:

@@ -35,7 +35,7 @@ class HubStub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> HubStub:
+    def __enter__(self) -> HubStub:  # noqa: PYI034
         self.thread.start()
         return self
 
