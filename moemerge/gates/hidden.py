@@ -45,6 +45,11 @@ def _compute(context, *, average: bool):
         items += [(2 * e + 1, ids) for ids in context.prompt_ids(expert.negative_prompts or [])]
     if any(not ids for _, ids in items):
         raise IncompatibleModelsError("a prompt tokenises to nothing and the tokenizer has no BOS token; drop it")
+    limit = context.base.config.get("max_position_embeddings")
+    longest = max((len(ids) for _, ids in items), default=0)
+    if isinstance(limit, int) and longest > limit:
+        raise IncompatibleModelsError(f"a prompt is {longest} tokens long, more than the base model's "
+                                      f"max_position_embeddings ({limit}); shorten it")  # fmt: skip
     sums, counts = _collect(context, items, average=average)
     free_memory()  # the model is gone before any weight is written
     means = sums / counts.clamp_min(1)[:, None, None]
