@@ -71,6 +71,14 @@ Load8Opt = Annotated[
     bool, typer.Option("--load-in-8bit", help="Load the model in 8-bit (bitsandbytes) for the forward pass.")
 ]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow models that need their own Python code.")]
+ShardSizeOpt = Annotated[str, typer.Option(help="Max bytes per shard: 5GB, 500MB, 2GiB, 5B (=5e9); 0 = one file.")]
+AllowSameOpt = Annotated[
+    bool,
+    typer.Option("--i-understand-this-is-not-useful-without-training", help="Allow every expert to be the same model."),
+]
+AllowCrimesOpt = Annotated[
+    bool, typer.Option("--allow-crimes", help="Allow experts of another model_type if shapes agree.")
+]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More output; -vv shows tracebacks.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
 MaxMemOpt = Annotated[
@@ -121,7 +129,7 @@ def merge(
     config: Annotated[Path, typer.Argument(help="YAML config (mergekit-moe configs work unchanged).")],
     out: Annotated[Path, typer.Argument(help="Output folder; must be absent or empty unless --overwrite.")],
     copy_tokenizer: Annotated[bool, typer.Option(help="Copy the base model's tokenizer files to OUT.")] = True,
-    out_shard_size: Annotated[str, typer.Option(help="Max bytes per shard: 5GB, 500MB, 2GiB, 5B (=5e9); 0 = one file.")] = "5GB",
+    out_shard_size: ShardSizeOpt = "5GB",
     device: DeviceOpt = "cpu",
     load_in_4bit: Load4Opt = False,
     load_in_8bit: Load8Opt = False,
@@ -132,8 +140,8 @@ def merge(
     license: Annotated[str | None, typer.Option(help="License for the model card (default: the base model's, when known).")] = None,
     routing_report: Annotated[bool, typer.Option("--routing-report", help="Run `moemerge route` on the result and add it to OUT and the card.")] = False,
     random_seed: Annotated[int | None, typer.Option(help="Seed for random gates and noise (overrides `seed:`).")] = None,
-    allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="Allow every expert to be the same model.")] = False,
-    allow_crimes: Annotated[bool, typer.Option("--allow-crimes", help="Allow experts of another model_type if shapes agree.")] = False,
+    allow_same_experts: AllowSameOpt = False,
+    allow_crimes: AllowCrimesOpt = False,
     lazy_unpickle: Annotated[bool, typer.Option("--lazy-unpickle", help="Accepted for mergekit compatibility; .bin files are always read lazily.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (swapped in only when the merge is complete).")] = False,
     verbose: VerboseOpt = 0,
@@ -182,11 +190,11 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: the partial output folder is removed
 
 
-def _run(command, args: list[str], debug: bool) -> int:
+def _run(command, args: list[str], debug: bool, prog: str = "moemerge") -> int:
     with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        command.main(args=args, prog_name="moemerge", standalone_mode=False)
+        command.main(args=args, prog_name=prog, standalone_mode=False)
         return 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -231,4 +239,6 @@ def main(argv: list[str] | None = None) -> None:
 
     target = SUBCOMMANDS.get(args[0]) if args else None
     command = typer.main.get_command(target or app)
-    raise SystemExit(_run(command, args[1:] if target else args, debug))
+    if target is None:
+        raise SystemExit(_run(command, args, debug))
+    raise SystemExit(_run(command, args[1:], debug, prog=f"moemerge {args[0]}"))

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from moemerge.cli import (
+    AllowCrimesOpt,
+    AllowSameOpt,
     DeviceOpt,
     Load4Opt,
     Load8Opt,
     MaxMemOpt,
     QuietOpt,
     RemoteOpt,
+    ShardSizeOpt,
     VerboseOpt,
     load_options,
     setup_logging,
@@ -79,12 +82,12 @@ plan_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 def plan(
     config: Annotated[Path, typer.Argument(help="YAML config, as for a merge.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    out_shard_size: Annotated[str, typer.Option(help="As for a merge: max bytes per shard.")] = "5GB",
+    out_shard_size: ShardSizeOpt = "5GB",
     device: DeviceOpt = "cpu",
     load_in_4bit: Load4Opt = False,
     load_in_8bit: Load8Opt = False,
-    allow_same_experts: Annotated[bool, typer.Option("--i-understand-this-is-not-useful-without-training", help="As for a merge.")] = False,
-    allow_crimes: Annotated[bool, typer.Option("--allow-crimes", help="As for a merge.")] = False,
+    allow_same_experts: AllowSameOpt = False,
+    allow_crimes: AllowCrimesOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
