@@ -205,7 +205,7 @@ def _run(command, args: list[str], debug: bool, prog: str = "moemerge") -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":
             print(exc.format_message())
             return 0
-        print(f"error: {exc.format_message()} (see `moemerge --help`)", file=sys.stderr)
+        print(f"error: {exc.format_message()} (see `{prog} --help`)", file=sys.stderr)
         return 2
     except MoemergeError as exc:
         if debug:
