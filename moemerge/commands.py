@@ -55,6 +55,8 @@ verify_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 def verify(
     out: Annotated[Path, typer.Argument(help="A folder written by moemerge (or any Mixtral/Qwen-MoE/DeepSeek-MoE checkpoint).")],
     quick: Annotated[bool, typer.Option("--quick", help="Only the checks that read no tensor data (files, index, census, config).")] = False,
+    device: Annotated[str, typer.Option(help="Where the test load runs: auto (default: GPUs, CPU, then disk), cpu, cuda, cuda:N.")] = "auto",
+    max_memory: MaxMemOpt = None,
     trust_remote_code: RemoteOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -65,7 +67,8 @@ def verify(
     setup_logging(verbose, quiet)
     if not out.is_dir():
         raise ConfigError(f"{out}: no such folder")
-    findings, notes = checks.verify(out, full=not quick, trust_remote_code=trust_remote_code)
+    load = load_options(device, False, False, trust_remote_code, max_memory)
+    findings, notes = checks.verify(out, full=not quick, load=load)
     if findings:
         raise problems_error(MergeFailedError, [f"{out}: {finding}" for finding in findings])
     if not quiet:

@@ -79,9 +79,12 @@ def _max_memory(options: LoadOptions) -> dict[Any, int] | None:
 
 
 @contextlib.contextmanager
-def loaded_model(path: Path, options: LoadOptions, *, causal_lm: bool = False) -> Iterator[Any]:
+def loaded_model(
+    path: Path, options: LoadOptions, *, causal_lm: bool = False, saved_dtype: bool = False, loading_info: bool = False
+) -> Iterator[Any]:
     """The model at `path` in eval mode; its offload folder is deleted when the block ends (drop the model, then
-    call free_memory())."""
+    call free_memory()). `saved_dtype`: keep the checkpoint's dtype; `loading_info`: yield (model, info) with
+    transformers' missing/unexpected/mismatched keys."""
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -94,9 +97,10 @@ def loaded_model(path: Path, options: LoadOptions, *, causal_lm: bool = False) -
     with tempfile.TemporaryDirectory(prefix="moemerge-offload-") as offload, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bitsandbytes' per-call cast notices
         try:
-            model = cls.from_pretrained(
+            loaded = cls.from_pretrained(
                 str(path),
-                dtype=_dtype(options),
+                dtype="auto" if saved_dtype else _dtype(options),
+                output_loading_info=loading_info,
                 device_map=options.device,
                 max_memory=_max_memory(options),
                 offload_folder=offload if options.device == "auto" else None,
@@ -110,7 +114,9 @@ def loaded_model(path: Path, options: LoadOptions, *, causal_lm: bool = False) -
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
-        yield model.eval()
+        model, info = loaded if loading_info else (loaded, None)
+        model.eval()
+        yield (model, info) if loading_info else model
 
 
 def free_memory() -> None:

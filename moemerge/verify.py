@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from moemerge.archs import ARCHITECTURES, OutputArch
-from moemerge.errors import SourceError
+from moemerge.errors import MoemergeError, SourceError
+from moemerge.loading import LoadOptions, free_memory, input_device, loaded_model
 from moemerge.sources import TensorInfo, read_safetensors_header
 
 log = logging.getLogger(__name__)
@@ -151,38 +152,41 @@ def check_routers(folder: Path, config: dict[str, Any], tensors: dict[str, Tenso
     return findings, notes
 
 
-def check_loading(folder: Path, *, trust_remote_code: bool) -> tuple[list[str], list[str]]:
-    """Load with transformers (every key accounted for) and generate a few tokens."""
+def check_loading(folder: Path, load: LoadOptions) -> tuple[list[str], list[str]]:
+    """Load with transformers (every key accounted for) and generate a few tokens. The checkpoint's own dtype and
+    device_map=auto by default, so a model larger than RAM spills to disk instead of failing."""
     import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     config = json.loads((folder / "config.json").read_text())
-    if config.get("auto_map") and not trust_remote_code:
+    if config.get("auto_map") and not load.trust_remote_code:
         return [], ["load and generation skipped: this layout needs its own code; pass --trust-remote-code"]
-    hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, output_loading_info=True,
-                                                           trust_remote_code=trust_remote_code)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 -- any load failure is the finding
-        return [f"transformers cannot load it: {exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}"], []
-    findings = [f"transformers reports {key.replace('_', ' ')}: {sorted(info[key])[:5]}"
-                for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)]  # fmt: skip
-    start = config.get("bos_token_id")
-    start = start[0] if isinstance(start, list) else (start if isinstance(start, int) else 0)
-    with torch.inference_mode():
-        ids = torch.tensor([[start]])
-        logits = model(ids).logits
-        generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
-                                   pad_token_id=start)  # fmt: skip
-    if not torch.isfinite(logits).all():
+        with loaded_model(folder, load, causal_lm=True, saved_dtype=True, loading_info=True) as (model, info):
+            findings = [f"transformers reports {key.replace('_', ' ')}: {sorted(info[key])[:5]}"
+                        for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)]  # fmt: skip
+            start = config.get("bos_token_id")
+            start = start[0] if isinstance(start, list) else (start if isinstance(start, int) else 0)
+            with torch.inference_mode():
+                ids = torch.tensor([[start]], device=input_device(model))
+                logits = model(ids).logits
+                generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                           do_sample=False, pad_token_id=start)  # fmt: skip
+            kind = type(model).__name__
+    except MoemergeError as exc:
+        return [f"transformers cannot load it: {exc}"], []
+    except Exception as exc:  # noqa: BLE001 -- any failure to load or generate is the finding
+        return [
+            f"transformers cannot load or run it: {exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}"
+        ], []
+    free_memory()
+    if not torch.isfinite(logits.float()).all():
         findings.append("the model's logits contain NaN or Inf")
     if generated.shape[1] < 2:
         findings.append("generation produced no tokens")
-    return findings, [f"loads as {type(model).__name__} and generates"] if not findings else []
+    return findings, [f"loads as {kind} and generates"] if not findings else []
 
 
-def verify(folder: Path, *, full: bool = True, trust_remote_code: bool = False) -> tuple[list[str], list[str]]:
+def verify(folder: Path, *, full: bool = True, load: LoadOptions | None = None) -> tuple[list[str], list[str]]:
     """(findings, notes) for a merged folder; no findings means it is sound."""
     findings, count = check_structure(folder)
     notes = [f"{count} tensors, index and shards consistent with config.json"] if count and not findings else []
@@ -191,5 +195,5 @@ def verify(folder: Path, *, full: bool = True, trust_remote_code: bool = False) 
     config = json.loads((folder / "config.json").read_text())
     tensors, _ = check_files(folder)
     router_findings, router_notes = check_routers(folder, config, tensors)
-    load_findings, load_notes = check_loading(folder, trust_remote_code=trust_remote_code)
+    load_findings, load_notes = check_loading(folder, load or LoadOptions(device="auto"))
     return router_findings + load_findings, notes + router_notes + load_notes
