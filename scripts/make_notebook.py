@@ -23,8 +23,9 @@ import importlib.util
 import subprocess
 import sys
 
+MOEMERGE_SOURCE = "moemerge[quant]"  # @param {type:"string"} (a pip requirement: a version, a wheel or a git URL)
 if importlib.util.find_spec("moemerge") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "moemerge[quant]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", MOEMERGE_SOURCE], check=True)
 import moemerge
 
 print("moemerge", moemerge.__version__)""")
