@@ -191,9 +191,14 @@ CASES = {
     ),
     "binary_config": (lambda z: b"\xff\xfe\x00\x81binary", "cannot read the config"),
     "prompt_longer_than_the_model": (
-        lambda z: {**cfg(z), "gate_mode": "hidden", "experts": [
-            {"source_model": str(z["e1"]), "positive_prompts": ["word " * 400]},
-            {"source_model": str(z["e2"]), "positive_prompts": P}]},
+        lambda z: {
+            **cfg(z),
+            "gate_mode": "hidden",
+            "experts": [
+                {"source_model": str(z["e1"]), "positive_prompts": ["word " * 400]},
+                {"source_model": str(z["e2"]), "positive_prompts": P},
+            ],
+        },
         "more than the base model's max_position_embeddings (256)",
     ),  # fmt: skip
     "prompts_not_list": (

@@ -83,3 +83,37 @@ def test_hidden_gates_match_unbatched_forward(models, write_config, cli, tmp_pat
         row = mean_state(pos) - (mean_state(neg) if neg else 0)
         expected = row / row.norm(dim=-1, keepdim=True)
         torch.testing.assert_close(routers[:, e], expected, atol=1e-5, rtol=0)
+
+
+def test_degenerate_routers_are_named():
+    import logging
+
+    from moemerge.gates import warn_degenerate
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("moemerge.gates")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)  # earlier CLI runs may have set the package to --quiet
+
+    routers = torch.zeros(3, 3, 8)
+    routers[:, :, :3] = torch.eye(3)  # orthonormal rows: condition number 1
+    routers[1, 2] = routers[1, 1] + 1e-3 * torch.randn(8)  # layer 1: two experts almost the same
+    try:
+        assert warn_degenerate(routers) == [1]
+        assert warn_degenerate(routers[[0, 2]]) == []
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert len(records) == 1 and "layer(s) 1 " in records[0] and "prompts are too similar" in records[0]
+
+
+def test_similar_prompts_warn_during_a_merge(models, write_config, cli, tmp_path):
+    base = models.base("llama")
+    long = "the quick brown fox jumps over the lazy dog " * 5
+    experts = [{"source_model": str(models.expert(base, i + 1)), "positive_prompts": [long + end]}
+               for i, end in enumerate(["cat", "dog", "fox"])]  # fmt: skip
+    config = write_config({"base_model": str(base), "gate_mode": "cheap_embed", "experts": experts})
+    code, _, err = cli(config, tmp_path / "o")
+    assert code == 0 and "near-degenerate in all 2 layers" in err
