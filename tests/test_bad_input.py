@@ -200,7 +200,7 @@ CASES = {
             ],
         },
         "more than the base model's max_position_embeddings (256)",
-    ),  # fmt: skip
+    ),
     "prompts_not_list": (
         lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": 5}]},
         "positive_prompts",
