@@ -68,7 +68,7 @@ print("device flags:", " ".join(device) or "(none: CPU)")
 
 
 def moemerge_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], capture_output=True, text=True, check=False)
     print(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"moemerge exited with {result.returncode}: see the message above")
