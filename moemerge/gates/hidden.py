@@ -63,7 +63,10 @@ def _compute(context, *, average: bool):
 def _row(states, weights, average: bool):
     """(B, S, H) -> (B, H): each prompt's mean over real tokens, or its last token (last = real: left padding)."""
     states = states.float()
-    return (states * weights).sum(1) / weights.sum(1) if average else states[:, -1, :]
+    if not average:
+        return states[:, -1, :]
+    weights = weights.to(states.device)  # with device_map=auto, layers (and their outputs) sit on several devices
+    return (states * weights).sum(1) / weights.sum(1)
 
 
 def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
