@@ -123,6 +123,16 @@ def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same:
     return [f"experts: every expert is the same model, so the MoE equals that dense model; pass {flag} to build it"]
 
 
+def check_out_is_not_a_source(out: Path, models: list[ModelSource]) -> list[str]:
+    """--overwrite into a source model's folder (or a folder holding one) would delete that model."""
+    target = out.resolve()
+    for model in dict.fromkeys(models):
+        source = model.path.resolve()
+        if target == source or target in source.parents:
+            return [f"{out}: holds the source model '{model.ref}'; write the merge to another folder"]
+    return []
+
+
 def check_output(out: Path, *, overwrite: bool) -> list[str]:
     """OUT must be absent, empty, or replaceable with --overwrite; its parent must be writable."""
     if out.exists() and not out.is_dir():

@@ -117,6 +117,8 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
     problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
     problems += checks.check_tokenizer(base, config.gate_mode)
+    if out is not None:
+        problems += checks.check_out_is_not_a_source(out, [base, *experts, *shared])
     names = set(base.tensors)
     arch, reasons = choose_architecture(config.architecture, base.config, names, num_shared=len(shared))
     if arch is None:

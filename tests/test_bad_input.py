@@ -297,3 +297,11 @@ def test_no_remote_code_without_the_flag(models, write_config, cli, tmp_path):
     assert cli(write_config(data), tmp_path / "out", "-q")[0] == 0
     code, _, err = cli("route", tmp_path / "out")
     assert code == 2 and "rerun with --trust-remote-code" in err and err.count("\n") == 1
+
+
+def test_overwrite_never_replaces_a_source_model(zoo, write_config, cli, tmp_path):
+    before = {p.name: p.read_bytes() for p in zoo["e1"].iterdir()}
+    for out in (zoo["e1"], zoo["e1"].parent):
+        code, _, err = cli(write_config(cfg(zoo)), out, "--overwrite")
+        assert code == 2 and "holds the source model" in err
+    assert {p.name: p.read_bytes() for p in zoo["e1"].iterdir()} == before
