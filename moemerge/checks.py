@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from moemerge.archs.inputs import mlp_source_names
@@ -68,6 +69,24 @@ def _missing_mlp(base: ModelSource, expert: ModelSource, label: str) -> list[str
             f"{label}: {n} has shape {list(expert.tensors[n].shape)}, base has {list(base.tensors[n].shape)}"
         )
     return problems
+
+
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def check_base_config(base: ModelSource) -> list[str]:
+    """The base's config.json must be sane before anything iterates over it: positive sizes, and as many layers as
+    its weights hold (a hostile or broken config must not make moemerge loop over a billion layers)."""
+    bad = [k for k in SIZE_KEYS if not isinstance(base.config.get(k), int) or base.config[k] <= 0]
+    if bad:
+        return [f"base_model '{base.ref}': config.json needs a positive integer {bad[0]} (a dense decoder config)"]
+    layers = {int(m.group(1)) for name in base.tensors if (m := LAYER_NAME.match(name))}
+    declared = base.config["num_hidden_layers"]
+    if len(layers) != declared or (layers and (min(layers), max(layers)) != (0, declared - 1)):
+        held = f"layers 0..{max(layers)}" if layers else "no model.layers.N tensors"
+        return [f"base_model '{base.ref}': config.json says num_hidden_layers {declared}, the weights hold {held}"]
+    return []
 
 
 def mlp_names(config: dict) -> set[str]:

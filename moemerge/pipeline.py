@@ -74,6 +74,9 @@ def _open_models(
     models, problems = [], []
     for i, (ref, label) in enumerate(zip(refs, labels)):
         try:
+            if i == 1 and (base_problems := checks.check_base_config(models[0])):
+                problems += base_problems  # before anything iterates over the base's layers
+                break
             if ref not in opened:
                 # experts are indexed (and downloaded) for the base's MLP tensors only
                 wanted = (lambda _: True) if i == 0 else checks.mlp_names(opened[refs[0]].config).__contains__

@@ -80,6 +80,13 @@ def zoo(models, tmp_path_factory):
     z["not_a_model"] = root / "not_a_model"
     z["not_a_model"].mkdir()
     (z["not_a_model"] / "notes.txt").write_text("hello")
+    for name, change in {"billion_layers": {"num_hidden_layers": 10**9}, "text_hidden": {"hidden_size": "big"},
+                         "negative_heads": {"num_attention_heads": -4}}.items():  # fmt: skip
+        folder = root / name
+        shutil.copytree(base, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        z[name] = folder
     z["no_weights"] = root / "no_weights"
     z["no_weights"].mkdir()
     shutil.copy(base / "config.json", z["no_weights"])
@@ -201,6 +208,12 @@ CASES = {
         },
         "more than the base model's max_position_embeddings (256)",
     ),
+    "base_claims_a_billion_layers": (
+        lambda z: cfg(z, base="billion_layers"),
+        "num_hidden_layers 1000000000, the weights hold layers 0..1",
+    ),
+    "base_hidden_size_text": (lambda z: cfg(z, base="text_hidden"), "needs a positive integer hidden_size"),
+    "base_negative_heads": (lambda z: cfg(z, base="negative_heads"), "needs a positive integer num_attention_heads"),
     "prompts_not_list": (
         lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": 5}]},
         "positive_prompts",
