@@ -26,7 +26,7 @@ def main() -> None:
     ids = tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False, return_tensors="pt")
     generated = model.generate(**ids, max_new_tokens=12, do_sample=False)
     print(f"generate({prompt!r}) -> {tokenizer.decode(generated[0][ids['input_ids'].shape[1] :])!r}")
-    print("(the demo's experts are random weights, so the text is noise; the routing below is the point)\n")
+    print("(the demo's models are random tiny weights, so the text is noise; the routing below is the point)\n")
     report = out / "routing.json"
     if report.is_file():  # written by `--routing-report` or `moemerge route OUT`
         print(format_table(json.loads(report.read_text())))

@@ -15,6 +15,7 @@ CORPUS = [
     "Hello! How are you today?", "Tell me about the weather in Paris.", "Thank you, that was helpful.",
     "Write a poem about the sea.", "The quick brown fox jumps over the lazy dog.", "Explain quantum physics simply.",
 ]  # fmt: skip
+DEMO_DRIFT = 0.3  # the demo's experts stay near the base, as fine-tunes do, so the base's hidden states route them
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
@@ -72,8 +73,9 @@ def make_model(folder: Path, *, family: str = "llama", seed: int = 0, tokenizer:
     return folder
 
 
-def make_expert(base: Path, folder: Path, *, seed: int) -> Path:
-    """A copy of `base` whose MLP weights are replaced by fresh random ones: a stand-in for a fine-tune."""
+def make_expert(base: Path, folder: Path, *, seed: int, drift: float | None = None) -> Path:
+    """A copy of `base` standing in for a fine-tune: its MLP weights are fresh random ones, or with `drift` the
+    base's plus noise of that relative size (like a real fine-tune, which stays close to its base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -82,7 +84,8 @@ def make_expert(base: Path, folder: Path, *, seed: int) -> Path:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".mlp." in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+                noise = torch.randn(param.shape, generator=generator) * 0.2
+                param.copy_(noise if drift is None else param + drift * noise)
     model.save_pretrained(str(folder))
     make_tokenizer(folder)
     return Path(folder)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     base = make_model(folder / "base", family="llama", seed=0, num_hidden_layers=4, hidden_size=64,
                       intermediate_size=128)  # fmt: skip
     for i, name in enumerate(("chat", "code", "math")):
-        make_expert(base, folder / name, seed=100 + i)
+        make_expert(base, folder / name, seed=100 + i, drift=DEMO_DRIFT)
     print(f"wrote a tiny base model and 3 experts to {folder}")
 
 

@@ -26,6 +26,8 @@ def test_demo_config_end_to_end(cli, tmp_path, monkeypatch):
     load_moe(tmp_path / "demo" / "out")
     report = json.loads((tmp_path / "demo" / "out" / "routing.json").read_text())
     assert [s["name"] for s in report["prompt_sets"]] == ["0: chat", "1: code", "2: math"]
+    # the demo's experts stay close to the base (as fine-tunes do): each prompt set's favourite is its own expert
+    assert [max(range(3), key=s["share"].__getitem__) for s in report["prompt_sets"]] == [0, 1, 2]
     shown = subprocess.run([sys.executable, str(ROOT / "examples" / "show.py"), "demo/out"], capture_output=True,
                            text=True, check=True).stdout  # fmt: skip
     assert "generate(" in shown and "1: code" in shown and "averaged over 4 layers" in shown
