@@ -139,8 +139,6 @@ def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
     from huggingface_hub import errors
 
     match exc:
-        case errors.HFValidationError():
-            return ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' (letters, digits, -, _, .)")
         case errors.HfHubHTTPError() if exc.response is not None and exc.response.status_code in (401, 403):
             return PushError(f"the Hub refused {repo_id}: your token lacks write access to it (check the name and "
                              "the token's permissions)")  # fmt: skip
@@ -159,10 +157,11 @@ def check_push(repo_id: str) -> None:
 
     try:
         validate_repo_id(repo_id)
+        valid = "/" in repo_id
     except HFValidationError:
-        raise _push_error(repo_id, HFValidationError(repo_id)) from None
-    if "/" not in repo_id:
-        raise ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' or 'org/name'")
+        valid = False
+    if not valid:
+        raise ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' (letters, digits, -, _, .)")
     if not get_token():
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
 

@@ -42,9 +42,8 @@ class MergeOptions:
     overwrite: bool = False
     allow_crimes: bool = False
     allow_same_experts: bool = False
-    load: LoadOptions = field(
-        default_factory=LoadOptions
-    )  # how the hidden-state pass (and the routing report) load a model
+    # how the hidden-state pass (and the routing report) load a model
+    load: LoadOptions = field(default_factory=LoadOptions)
     routing_report: bool = False
     license: str | None = None  # for the model card; default: the base's
 
@@ -122,8 +121,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     problems += checks.check_tokenizer(base, config.gate_mode)
     if out is not None:
         problems += checks.check_out_is_not_a_source(out, [base, *experts, *shared])
-    names = set(base.tensors)
-    arch, reasons = choose_architecture(config.architecture, base.config, names, num_shared=len(shared))
+    arch, reasons = choose_architecture(config.architecture, base.config, set(base.tensors), num_shared=len(shared))
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
     if problems:

@@ -117,6 +117,10 @@ class HubStub:
                 if path == "/api/repos/create":
                     data = json.loads(body)
                     repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+                    if data["name"].startswith("forbidden"):  # a namespace the token cannot write to
+                        return self._json(
+                            403, {"error": "You don't have the rights to create a model under this namespace"}
+                        )
                     exists = repo_id in stub.repos
                     stub.repos.setdefault(repo_id, Repo(private=data.get("visibility") == "private"))
                     return self._json(409 if exists else 200, {"url": f"{stub.url}/{repo_id}", "error": "exists"})

@@ -108,6 +108,10 @@ def test_push_errors_are_one_line(merged, tmp_path):
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     down = run(["push", out, "someone/x"], endpoint=closed, home=tmp_path / "hf")
     assert down.returncode == 1 and down.stderr.count("\n") == 1 and "cannot reach the Hugging Face Hub" in down.stderr
+    with HubStub() as hub:
+        refused = run(["push", out, "someone/forbidden-repo"], endpoint=hub.url, home=tmp_path / "hf")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "your token lacks write access" in refused.stderr and TOKEN not in refused.stderr
     bad = run(["push", out, "not a repo!"], home=tmp_path / "hf")
     assert bad.returncode == 2 and "not a valid Hub repo name" in bad.stderr
     assert TOKEN not in down.stderr + bad.stderr
