@@ -21,13 +21,17 @@ def temp_folder(out: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Is a moemerge process `pid` still running? (A reused pid of some other program does not count.)"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        return b"moemerge" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: assume it is ours rather than delete a live run's files
 
 
 def recover(out: Path) -> None:

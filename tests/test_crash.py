@@ -146,3 +146,27 @@ def test_disk_filling_up_mid_write_cleans_up(job, cli, tmp_path, monkeypatch):
         assert code == 2 and err.count("\n") == 1, err
         assert "disk full; the merge needs about" in err
         assert list((tmp_path / "small").iterdir()) == []
+
+
+def test_a_live_merge_into_the_same_out_is_refused(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "moemerge"])
+    try:
+        (tmp_path / f".out.moemerge-tmp-{sleeper.pid}").mkdir()
+        with pytest.raises(output.OutputError, match="another moemerge"):
+            output.recover(tmp_path / "out")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    output.recover(tmp_path / "out")  # once it is gone, its partial folder is cleaned up
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reused_pid_is_not_a_live_merge(tmp_path):
+    other = subprocess.Popen(["sleep", "30"])  # a live process, but not a moemerge run
+    try:
+        (tmp_path / f".out.moemerge-tmp-{other.pid}").mkdir()
+        output.recover(tmp_path / "out")
+    finally:
+        other.kill()
+        other.wait()
+    assert list(tmp_path.iterdir()) == []
