@@ -95,8 +95,8 @@ def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict
         "experts": [
             {
                 "model": e.source_model,
-                "positive_prompts": len(e.positive_prompts or []),
-                "negative_prompts": len(e.negative_prompts or []),
+                "positive_prompts": list(e.positive_prompts or []),
+                "negative_prompts": list(e.negative_prompts or []),
             }
             for e in config.experts
         ],
@@ -122,15 +122,21 @@ def _size(n: float) -> str:
     return ""
 
 
+def _clip(prompt: str, width: int = 70) -> str:
+    flat = " ".join(prompt.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
 def format_summary(s: dict[str, Any]) -> str:
     head = f"output: {s['class']} ({s['architecture']}), {len(s['experts'])} experts, top-{s['experts_per_token']}, "
     lines = [head + f"gate {s['gate_mode']}, dtype {s['dtype']}"]
     lines += [f"  not {name}: {'; '.join(why)}" if why else f"  {name} would also fit (set `architecture: {name}`)"
               for name, why in s["rejected"].items()]  # fmt: skip
     for i, e in enumerate(s["experts"]):
-        lines.append(
-            f"expert {i}: {e['model']} ({e['positive_prompts']} positive, {e['negative_prompts']} negative prompts)"
-        )
+        pos, neg = e["positive_prompts"], e["negative_prompts"]
+        lines.append(f"expert {i}: {e['model']} ({len(pos)} positive, {len(neg)} negative prompts)")
+        lines += [f"    + {_clip(p)}" for p in pos[:3]] + ([f"    + ... {len(pos) - 3} more"] if len(pos) > 3 else [])
+        lines += [f"    - {_clip(p)}" for p in neg[:3]] + ([f"    - ... {len(neg) - 3} more"] if len(neg) > 3 else [])
     lines += [f"shared expert: {m}" for m in s["shared_experts"]]
     p = s["parameters"]
     lines.append(f"parameters: {p['total']:,} total, {p['active']:,} active per token")
