@@ -137,7 +137,7 @@ def merge(
     max_memory: MaxMemOpt = None,
     push_to_hub: Annotated[str | None, typer.Option(help="After a successful merge, upload OUT to this Hub repo (see `moemerge push`).")] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo as private.")] = False,
-    license: Annotated[str | None, typer.Option(help="License for the model card (default: the base model's, when known).")] = None,
+    license: Annotated[str | None, typer.Option(help="Hub license id for the model card, e.g. apache-2.0 (default: the base model's, when known).")] = None,
     routing_report: Annotated[bool, typer.Option("--routing-report", help="Run `moemerge route` on the result and add it to OUT and the card.")] = False,
     random_seed: Annotated[int | None, typer.Option(help="Seed for random gates and noise (overrides `seed:`).")] = None,
     allow_same_experts: AllowSameOpt = False,
