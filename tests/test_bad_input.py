@@ -247,6 +247,12 @@ def test_every_problem_reported_at_once(zoo, write_config, cli, tmp_path):
     (["--out-shard-size", "lots"], "--out-shard-size"),
     (["--device", "tpu"], "--device"),
     (["--no-such-flag"], "No such option"),
+    (["--load-in-4bit", "--load-in-8bit"], "pick one"),
+    (["--max-memory", "20GiB"], "--max-memory only applies with --device auto"),
+    (["--device", "auto", "--max-memory", "gpu0=2GB"], "--max-memory: unknown device 'gpu0'"),
+    (["--device", "auto", "--max-memory", "0=lots"], "--max-memory: cannot read size 'lots'"),
+    (["--private"], "--private only applies with --push-to-hub"),
+    (["--push-to-hub", "no slash"], "not a valid Hub repo name"),
 ])  # fmt: skip
 def test_bad_arguments(zoo, write_config, cli, tmp_path, args, expected):
     config = write_config(cfg(zoo))

@@ -62,3 +62,11 @@ def test_examples_merge_with_stand_in_models(name, models, write_config, cli, tm
     model = load_moe(tmp_path / "out")
     expected = {"qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}.get(FAMILIES[name], "mixtral")
     assert model.config.model_type == expected
+
+
+def test_max_memory_budgets():
+    from moemerge.cli import parse_max_memory
+
+    assert parse_max_memory("20GiB") == {"cpu": 20 * 2**30}
+    assert parse_max_memory("0=20GiB, cuda:1=10GB ,cpu=48GiB") == {"0": 20 * 2**30, "cuda:1": 10**10, "cpu": 48 * 2**30}
+    assert parse_max_memory(None) is None
