@@ -107,13 +107,16 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
 def remote_headers(ref: str) -> tuple[Path, str | None, dict[str, dict[str, tuple[str, list[int], int]]]]:
     """For a dry run: config.json (downloaded; it is small) and every safetensors header, read remotely with range
     requests (no weights downloaded). Returns (config folder, commit, {file: {tensor: (dtype code, shape, start)}})."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, errors
 
     repo_id, revision = split_ref(ref)
     try:
         config = _download(repo_id, "config.json", revision, optional=False)
         commit = config.parent.name
         metadata = HfApi().get_safetensors_metadata(repo_id, revision=commit)
+    except errors.NotASafetensorsRepoError:
+        raise SourceError(f"model '{ref}' has no safetensors weights on the Hub, so `plan` cannot read its headers "
+                          "remotely; the merge itself reads pytorch_model.bin files") from None  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the model
         raise _explain(ref, exc) from None
     files = {file: {name: (t.dtype, list(t.shape), t.data_offsets[0]) for name, t in meta.tensors.items()}

@@ -199,3 +199,22 @@ def test_plan_reads_remote_headers_only(hub_models, tmp_path):
         header_bytes += int.from_bytes(file.read_bytes()[:8], "little")
     assert plan["download_bytes"] == expected - header_bytes  # tensor data of the needed files (headers aside)
     assert plan["architecture"] == "mixtral" and plan["shards"] == 1
+
+
+def test_plan_of_a_bin_only_hub_model_says_why(models, tmp_path):
+    import torch
+
+    base = models.base("llama")
+    binary = tmp_path / "bin-only"
+    shutil.copytree(base, binary)
+    torch.save(load_file(str(binary / "model.safetensors")), binary / "pytorch_model.bin")
+    (binary / "model.safetensors").unlink()
+    config = tmp_path / "bin.yaml"
+    config.write_text(yaml.safe_dump({"base_model": "org/bin", "gate_mode": "random", "experts": [
+        {"source_model": str(models.expert(base, 1))}, {"source_model": str(models.expert(base, 2))}]}))  # fmt: skip
+    with HubStub() as hub:
+        hub.served["org/bin"] = binary
+        planned = run(["plan", config], endpoint=hub.url, home=tmp_path / "hf")
+        merged = run([config, tmp_path / "out", "-q"], endpoint=hub.url, home=tmp_path / "hf")
+    assert planned.returncode == 2 and "no safetensors weights on the Hub" in planned.stderr
+    assert merged.returncode == 0, merged.stderr  # the merge downloads and reads the .bin lazily
