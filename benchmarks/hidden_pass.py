@@ -49,6 +49,7 @@ def build(folder: Path, layers: int) -> list[list[str]]:
 def worker(kind: str, folder: Path, sets: list[list[str]], device: str) -> dict:
     import torch
 
+    from moemerge.batching import chunks, left_padded
     from moemerge.config import ExpertConfig
     from moemerge.gates import GateContext, compute_routers, hidden
     from moemerge.loading import LoadOptions, input_device, loaded_model
@@ -67,11 +68,8 @@ def worker(kind: str, folder: Path, sets: list[list[str]], device: str) -> dict:
         max_tokens = max(1, hidden.HIDDEN_BUDGET_BYTES // ((context.num_layers + 1) * context.hidden_size * 4))
         with loaded_model(folder, context.load) as model, torch.inference_mode():
             where = input_device(model)
-            for chunk in hidden._chunks(items, max_tokens):
-                width = max(len(ids) for _, ids in chunk)
-                ids = torch.tensor([[0] * (width - len(i)) + i for _, i in chunk], device=where)
-                mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for _, i in chunk], device=where)
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            for chunk in chunks(items, max_tokens):
+                model(**left_padded(chunk, 0, where), use_cache=False)
     if device != "cpu":
         torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - start, "tokens": tokens}

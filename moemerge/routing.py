@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from moemerge.batching import chunks, left_padded
 from moemerge.config import MergeConfig, load_config, read_prompt_file
 from moemerge.errors import ConfigError, MergeFailedError
 from moemerge.loading import LoadOptions, free_memory, input_device, loaded_model
@@ -61,37 +62,44 @@ def expert_names(model_dir: Path, num_experts: int) -> list[str]:
     return [str(i) for i in range(num_experts)]
 
 
+ROUTE_TOKENS = 4096  # tokens per forward pass: bounds activations and attention memory
+
+
 def measure(model_dir: Path, prompt_sets: dict[str, list[str]], load: LoadOptions) -> dict[str, Any]:
-    """Run the merged model on every prompt; count, per layer, how often each expert is among the top-k picks."""
+    """Run the merged model on every prompt (batched, left-padded); count, per layer, how often each expert is among
+    a real token's top-k picks."""
     import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     bos = tokenizer.bos_token or ""
-    sets = []
+    names = list(prompt_sets)
+    items = [(s, ids) for s, name in enumerate(names) for p in prompt_sets[name]
+             if (ids := tokenizer(bos + p, add_special_tokens=False)["input_ids"])]  # fmt: skip
+    counts: dict[int, Any] = {}
     with loaded_model(model_dir, load, causal_lm=True) as model, torch.inference_mode():
         top_k = int(getattr(model.config, "num_experts_per_tok", 1) or 1)
-        device = input_device(model)
-        for name, prompts in prompt_sets.items():
-            counts, tokens = None, 0
-            for prompt in prompts:
-                ids = tokenizer(bos + prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-                if ids.shape[1] == 0:
-                    continue
-                logits = getattr(model(ids.to(device), output_router_logits=True), "router_logits", None)
-                if not logits:
-                    raise MergeFailedError(f"{model_dir}: this model does not report router logits")
-                picks = torch.stack([layer.float().cpu().topk(top_k, dim=-1).indices for layer in logits])
+        for chunk in chunks(items, ROUTE_TOKENS):
+            inputs = left_padded(chunk, tokenizer.pad_token_id or 0, input_device(model))
+            logits = getattr(model(**inputs, output_router_logits=True, use_cache=False), "router_logits", None)
+            if not logits:
+                raise MergeFailedError(f"{model_dir}: this model does not report router logits")
+            real = inputs["attention_mask"].cpu().bool()  # (B, S)
+            for row, (s, _) in enumerate(chunk):
+                picks = torch.stack([layer.float().cpu().view(*real.shape, -1)[row][real[row]].topk(top_k).indices
+                                     for layer in logits])  # (layers, tokens, k)  # fmt: skip
                 hits = torch.nn.functional.one_hot(picks, logits[0].shape[-1]).sum(dim=(1, 2)).double()  # (L, E)
-                counts = hits if counts is None else counts + hits
-                tokens += ids.shape[1]
-            if counts is None:
-                continue
-            per_layer = counts / counts.sum(-1, keepdim=True)  # (layers, experts), rows sum to 1
-            sets.append({"name": name, "prompts": len(prompts), "tokens": tokens,
-                         "share": per_layer.mean(0).tolist(), "per_layer": per_layer.tolist()})  # fmt: skip
+                counts[s] = counts[s] + hits if s in counts else hits
         num_experts, layers = logits[0].shape[-1], len(logits)
     free_memory()
+    sets = []
+    for s, name in enumerate(names):
+        if s not in counts:
+            continue
+        per_layer = counts[s] / counts[s].sum(-1, keepdim=True)  # (layers, experts), rows sum to 1
+        tokens = sum(len(ids) for t, ids in items if t == s)
+        sets.append({"name": name, "prompts": len(prompt_sets[name]), "tokens": tokens,
+                     "share": per_layer.mean(0).tolist(), "per_layer": per_layer.tolist()})  # fmt: skip
     return {"experts": expert_names(model_dir, num_experts), "experts_per_token": top_k, "layers": layers,
             "prompt_sets": sets}  # fmt: skip
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from moemerge.batching import chunks, left_padded
 from moemerge.errors import IncompatibleModelsError
 from moemerge.loading import free_memory, input_device, loaded_model
 
@@ -21,19 +22,6 @@ def compute_last(context):
 
 def compute_mean(context):
     return _compute(context, average=True)
-
-
-def _chunks(items: list[tuple[int, list[int]]], max_tokens: int):
-    """Prompts sorted by length, grouped so that rows x longest prompt stays within max_tokens."""
-    items = sorted(items, key=lambda item: len(item[1]))
-    chunk: list[tuple[int, list[int]]] = []
-    for item in items:
-        if chunk and (len(chunk) + 1) * len(item[1]) > max_tokens:
-            yield chunk
-            chunk = []
-        chunk.append(item)
-    if chunk:
-        yield chunk
 
 
 def _compute(context, *, average: bool):
@@ -81,20 +69,10 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
     done = 0
     with loaded_model(context.base.path, context.load) as model, torch.inference_mode():
         device = input_device(model)
-        for chunk in _chunks(items, max_tokens):
-            width = max(len(ids) for _, ids in chunk)
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for _, ids in chunk])
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in chunk])
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding must not shift real positions
-            out = model(
-                input_ids=input_ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                output_hidden_states=True,
-                use_cache=False,
-            )
-            weights = mask.to(device=device, dtype=torch.float32)[:, :, None]  # (B, S, 1)
-
+        for chunk in chunks(items, max_tokens):
+            inputs = left_padded(chunk, pad_id, device)
+            out = model(**inputs, output_hidden_states=True, use_cache=False)
+            weights = inputs["attention_mask"].to(torch.float32)[:, :, None]  # (B, S, 1)
             rows = torch.stack([_row(h, weights, average).cpu() for h in out.hidden_states[:layers]], dim=1)
             del out
             slots = torch.tensor([slot for slot, _ in chunk])
