@@ -123,11 +123,24 @@ def parse_config(data: Any, *, source: str = "config") -> MergeConfig:
         raise problems_error(ConfigError, problems) from None
 
 
+MAX_CONFIG_BYTES = 64 * 2**20
+MAX_PROMPT_FILE_BYTES = 256 * 2**20
+
+
+def read_text_file(path: Path, limit: int, what: str) -> str:
+    """A regular file's text, refusing devices, pipes and absurd sizes (`/dev/zero` must not hang a merge)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: the {what} is not a regular file")
+    if path.is_file() and path.stat().st_size > limit:
+        raise ConfigError(f"{path}: the {what} is larger than {limit // 2**20} MB")
+    return path.read_text(encoding="utf-8")
+
+
 def load_config(path: str | Path) -> MergeConfig:
     """Read and validate a YAML config file (mergekit-moe configs are accepted unchanged)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path, MAX_CONFIG_BYTES, "config")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -173,7 +186,7 @@ def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> 
 def read_prompt_file(path: Path) -> list[str]:
     """Non-empty lines of a UTF-8 text file, stripped: one prompt per line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_file(path, MAX_PROMPT_FILE_BYTES, "prompt file").splitlines()
     except FileNotFoundError:
         raise ConfigError(f"prompt file {str(path)!r} not found; give a list of prompts or a text file "
                           "with one prompt per line (paths are relative to the config)") from None  # fmt: skip

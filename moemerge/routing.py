@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from moemerge.batching import chunks, left_padded
-from moemerge.config import MergeConfig, load_config, read_prompt_file
+from moemerge.config import MAX_CONFIG_BYTES, MergeConfig, load_config, read_prompt_file, read_text_file
 from moemerge.errors import ConfigError, MergeFailedError
 from moemerge.loading import LoadOptions, free_memory, input_device, loaded_model
 
@@ -31,7 +31,7 @@ def read_prompt_sets(path: Path) -> dict[str, list[str]]:
     if path.suffix.lower() not in (".yaml", ".yml", ".json"):
         return {path.stem: read_prompt_file(path)}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(path, MAX_CONFIG_BYTES, "prompt sets file"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the prompt sets ({exc.__class__.__name__})") from None
     if isinstance(data, dict) and "experts" in data:

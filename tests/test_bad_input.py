@@ -324,3 +324,13 @@ def test_overwrite_never_replaces_a_source_model(zoo, write_config, cli, tmp_pat
         code, _, err = cli(write_config(cfg(zoo)), out, "--overwrite")
         assert code == 2 and "holds the source model" in err
     assert {p.name: p.read_bytes() for p in zoo["e1"].iterdir()} == before
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "folder"])
+def test_config_that_is_not_a_regular_file(cli, tmp_path, source):
+    if source == "folder":
+        source = tmp_path / "folder.yaml"
+        source.mkdir()
+    code, _, err = cli(source, tmp_path / "out")
+    assert code == 2 and "is not a regular file" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
