@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from moemerge.errors import ConfigError, MoemergeError, PushError, SourceError
+from moemerge.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
         for index_name, single_name in WEIGHT_LAYOUTS:
             index = _download(repo_id, index_name, commit)
             if index is not None:
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = read_json(index)["weight_map"]
                 shards = sorted({file for name, file in weight_map.items() if wanted(name)})
                 if any(not isinstance(f, str) or Path(f).name != f or f in (".", "..") for f in shards):
                     raise SourceError(f"model '{ref}': its index names files outside the repo; refusing it")

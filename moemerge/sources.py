@@ -12,6 +12,7 @@ from typing import Any
 
 from moemerge import hub
 from moemerge.errors import SourceError
+from moemerge.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,9 @@ def _weight_files(path: Path) -> list[Path]:
         index = path / index_name
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
+                weight_map = read_json(index)["weight_map"]
                 files = sorted(set(weight_map.values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
                 raise SourceError(f"{index}: corrupt index (no weight_map); re-download the model") from None
             outside = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in (".", "..")]
             if outside:
@@ -190,7 +191,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise SourceError(f"{path}: no config.json; point at a Hugging Face model folder")
     try:
-        config = json.loads(file.read_text())
+        config = read_json(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SourceError(f"{file}: invalid JSON ({exc})") from None
     if not isinstance(config, dict):

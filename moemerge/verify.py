@@ -4,7 +4,6 @@ a broken folder."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from moemerge.archs import ARCHITECTURES, OutputArch
 from moemerge.errors import MoemergeError, SourceError
+from moemerge.files import read_json
 from moemerge.loading import LoadOptions, free_memory, input_device, loaded_model
 from moemerge.sources import TensorInfo, read_safetensors_header
 
@@ -25,7 +25,7 @@ def check_files(folder: Path) -> tuple[dict[str, TensorInfo], list[str]]:
     """Every tensor in the weight files, and what is wrong with the files and the index."""
     if (folder / INDEX).is_file():
         try:
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+            weight_map = read_json(folder / INDEX)["weight_map"]
             assert isinstance(weight_map, dict)
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             return {}, [f"{INDEX}: not a valid index (needs a `weight_map` object)"]
@@ -115,7 +115,7 @@ def check_census(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> list
 def check_structure(folder: Path) -> tuple[list[str], int]:
     """The cheap checks (no tensor data read): files, index, census, config. Returns (findings, tensor count)."""
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json(folder / "config.json")
         assert isinstance(config, dict)
     except (OSError, ValueError, AssertionError):
         return [f"{folder}: config.json missing or not a JSON object"], 0
@@ -157,7 +157,7 @@ def check_loading(folder: Path, load: LoadOptions) -> tuple[list[str], list[str]
     device_map=auto by default, so a model larger than RAM spills to disk instead of failing."""
     import torch
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     if config.get("auto_map") and not load.trust_remote_code:
         return [], ["load and generation skipped: this layout needs its own code; pass --trust-remote-code"]
     try:
@@ -192,7 +192,7 @@ def verify(folder: Path, *, full: bool = True, load: LoadOptions | None = None) 
     notes = [f"{count} tensors, index and shards consistent with config.json"] if count and not findings else []
     if findings or not full:
         return findings, notes
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     tensors, _ = check_files(folder)
     router_findings, router_notes = check_routers(folder, config, tensors)
     load_findings, load_notes = check_loading(folder, load or LoadOptions(device="auto"))

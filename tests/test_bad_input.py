@@ -87,6 +87,10 @@ def zoo(models, tmp_path_factory):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, **change}))
         z[name] = folder
+    z["huge_config"] = root / "huge_config"
+    shutil.copytree(z["e1"], z["huge_config"])
+    with open(z["huge_config"] / "config.json", "r+b") as fh:
+        fh.truncate(100 * 2**20)  # sparse: 100 MB of config.json costs no disk
     z["no_weights"] = root / "no_weights"
     z["no_weights"].mkdir()
     shutil.copy(base / "config.json", z["no_weights"])
@@ -214,6 +218,7 @@ CASES = {
     ),
     "base_hidden_size_text": (lambda z: cfg(z, base="text_hidden"), "needs a positive integer hidden_size"),
     "base_negative_heads": (lambda z: cfg(z, base="negative_heads"), "needs a positive integer num_attention_heads"),
+    "huge_config_json": (lambda z: cfg(z, experts=("e1", "huge_config")), "not a regular JSON file under 64 MB"),
     "prompts_not_list": (
         lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": 5}]},
         "positive_prompts",
