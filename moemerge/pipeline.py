@@ -12,19 +12,19 @@ from pathlib import Path
 
 from moemerge import card, checks, hub, output, routing, verify
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
-from moemerge.config import MergeConfig, dump_config, load_config, normalise_dtype
+from moemerge.config import MergeConfig, dump_config, load_config
 from moemerge.errors import (
     IncompatibleModelsError,
     MergeFailedError,
     MoemergeError,
     OutputError,
-    SourceError,
     problems_error,
 )
 from moemerge.gates import GateContext, compute_routers
 from moemerge.loading import LoadOptions
+from moemerge.models import open_models, output_dtype
 from moemerge.plan import ExpertSpec, Plan, build_plan
-from moemerge.sources import ModelSource, open_source
+from moemerge.sources import ModelSource
 from moemerge.stream import stream_tensors
 from moemerge.writer import ShardLayout, write_shards
 
@@ -62,44 +62,6 @@ class Prepared:
     plan: Plan = field(init=False)
 
 
-def _open_models(
-    config: MergeConfig, base_dir: Path, *, headers_only: bool
-) -> tuple[list[ModelSource | None], list[str]]:
-    """Base, experts, shared experts in that order (None where a model could not be opened) and the problems."""
-    refs = [config.base_model] + [e.source_model for e in config.experts + (config.shared_experts or [])]
-    labels = ["base_model"] + [f"experts[{i}]" for i in range(len(config.experts))]
-    labels += [f"shared_experts[{i}]" for i in range(len(config.shared_experts or []))]
-    opened: dict[str, ModelSource] = {}
-    models, problems = [], []
-    for i, (ref, label) in enumerate(zip(refs, labels)):
-        try:
-            if i == 1 and (base_problems := checks.check_base_config(models[0])):
-                problems += base_problems  # before anything iterates over the base's layers
-                break
-            if ref not in opened:
-                # experts are indexed (and downloaded) for the base's MLP tensors only
-                wanted = (lambda _: True) if i == 0 else checks.mlp_names(opened[refs[0]].config).__contains__
-                opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0,
-                                          headers_only=headers_only)  # fmt: skip
-            models.append(opened[ref])
-        except SourceError as exc:
-            problems.append(f"{label}: {exc}")
-            models.append(None)
-            if i == 0:
-                break  # without the base there is nothing to compare the experts with
-    return models, problems
-
-
-def _output_dtype(config: MergeConfig, base: ModelSource) -> str:
-    if config.dtype:
-        return config.dtype
-    declared = base.config.get("dtype") or base.config.get("torch_dtype")
-    try:
-        return normalise_dtype(declared) if declared else base.tensors["model.embed_tokens.weight"].dtype
-    except (ValueError, KeyError):
-        return "float32"
-
-
 def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepared:
     """Load and check everything from config.json files and headers only; raises once with every problem.
     `out` None: a dry run (`moemerge plan`), which has no output folder to check."""
@@ -107,7 +69,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     problems = checks.check_config_rules(config)
     if out is not None:
         problems += checks.check_output(out, overwrite=options.overwrite)
-    models, open_problems = _open_models(config, config_path.resolve().parent, headers_only=out is None)
+    models, open_problems = open_models(config, config_path.resolve().parent, headers_only=out is None)
     problems += open_problems
     if open_problems:
         raise problems_error(IncompatibleModelsError, problems)
@@ -129,7 +91,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     for warning in arch.warnings:
         log.warning("%s: %s", arch.name, warning)
     seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
-    prepared = Prepared(config, base, experts, shared, arch, _output_dtype(config, base), seed)
+    prepared = Prepared(config, base, experts, shared, arch, output_dtype(config, base), seed)
     specs = [ExpertSpec(e.noise_scale or 0.0, 1.0 if e.residual_scale is None else e.residual_scale)
              for e in config.experts + (config.shared_experts or [])]  # fmt: skip
     prepared.plan = build_plan(
