@@ -178,7 +178,7 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
     try:
         _write(prepared, tmp, routers, progress)
         resolved = _side_files(prepared, tmp, options)
-        findings, _ = verify.check_structure(tmp)  # what was just written, against its own config.json
+        findings, _, _ = verify.check_structure(tmp)  # what was just written, against its own config.json
         if findings:
             raise problems_error(
                 MergeFailedError, [f"the written checkpoint fails verification: {f}" for f in findings]

@@ -112,17 +112,18 @@ def check_census(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> list
     return findings
 
 
-def check_structure(folder: Path) -> tuple[list[str], int]:
-    """The cheap checks (no tensor data read): files, index, census, config. Returns (findings, tensor count)."""
+def check_structure(folder: Path) -> tuple[list[str], dict[str, Any], dict[str, TensorInfo]]:
+    """The cheap checks (no tensor data read): files, index, census, config.
+    Returns (findings, config, tensors) so that later checks need not read them again."""
     try:
         config = read_json(folder / "config.json")
         assert isinstance(config, dict)
     except (OSError, ValueError, AssertionError):
-        return [f"{folder}: config.json missing or not a JSON object"], 0
+        return [f"{folder}: config.json missing or not a JSON object"], {}, {}
     tensors, findings = check_files(folder)
     if tensors:
         findings += check_census(config, tensors)
-    return findings, len(tensors)
+    return findings, config, tensors
 
 
 def check_routers(folder: Path, config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tuple[list[str], list[str]]:
@@ -152,12 +153,11 @@ def check_routers(folder: Path, config: dict[str, Any], tensors: dict[str, Tenso
     return findings, notes
 
 
-def check_loading(folder: Path, load: LoadOptions) -> tuple[list[str], list[str]]:
+def check_loading(folder: Path, config: dict[str, Any], load: LoadOptions) -> tuple[list[str], list[str]]:
     """Load with transformers (every key accounted for) and generate a few tokens. The checkpoint's own dtype and
     device_map=auto by default, so a model larger than RAM spills to disk instead of failing."""
     import torch
 
-    config = read_json(folder / "config.json")
     if config.get("auto_map") and not load.trust_remote_code:
         return [], ["load and generation skipped: this layout needs its own code; pass --trust-remote-code"]
     try:
@@ -188,12 +188,12 @@ def check_loading(folder: Path, load: LoadOptions) -> tuple[list[str], list[str]
 
 def verify(folder: Path, *, full: bool = True, load: LoadOptions | None = None) -> tuple[list[str], list[str]]:
     """(findings, notes) for a merged folder; no findings means it is sound."""
-    findings, count = check_structure(folder)
-    notes = [f"{count} tensors, index and shards consistent with config.json"] if count and not findings else []
+    findings, config, tensors = check_structure(folder)
+    notes = (
+        [f"{len(tensors)} tensors, index and shards consistent with config.json"] if tensors and not findings else []
+    )
     if findings or not full:
         return findings, notes
-    config = read_json(folder / "config.json")
-    tensors, _ = check_files(folder)
     router_findings, router_notes = check_routers(folder, config, tensors)
-    load_findings, load_notes = check_loading(folder, load or LoadOptions(device="auto"))
+    load_findings, load_notes = check_loading(folder, config, load or LoadOptions(device="auto"))
     return router_findings + load_findings, notes + router_notes + load_notes
