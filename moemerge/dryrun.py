@@ -18,17 +18,28 @@ from moemerge.stream import CHUNK_BYTES
 RUNTIME_BYTES = 600 * 2**20  # Python, torch and transformers loaded: measured by benchmarks/merge_speed.py
 BYTES_PER_PARAM = {"4bit": 0.56, "8bit": 1.06}  # bitsandbytes weights plus their scales
 PROBE_BYTES = 32 * 2**20
+ASSUMED_BYTES_PER_S = 100 * 10**6  # when no folder can take the probe file
 
 
-def disk_speed(folder: Path, sample: Path | None) -> tuple[float, float]:
-    """(read, write) bytes/s: write and fsync a 32 MB probe file in `folder`; read up to 32 MB of `sample`."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_speed(folder: Path) -> float:
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".moemerge-probe-") as probe:
         start = time.perf_counter()
         probe.write(os.urandom(1 << 20) * (PROBE_BYTES >> 20))
         probe.flush()
         os.fsync(probe.fileno())
-        write = PROBE_BYTES / max(time.perf_counter() - start, 1e-6)
+        return PROBE_BYTES / max(time.perf_counter() - start, 1e-6)
+
+
+def disk_speed(folder: Path, sample: Path | None) -> tuple[float, float]:
+    """(read, write) bytes/s: write and fsync a 32 MB probe file in `folder` (else the temp folder; a dry run must
+    not fail because it cannot write); read up to 32 MB of `sample`."""
+    write = ASSUMED_BYTES_PER_S
+    for where in (folder, Path(tempfile.gettempdir())):
+        try:
+            write = _write_speed(where)
+            break
+        except OSError:
+            continue
     read = write
     if sample is not None and sample.is_file():
         start = time.perf_counter()

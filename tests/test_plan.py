@@ -70,3 +70,15 @@ def test_plan_runs_every_check(models, write_config, cli, tmp_path):
     assert code == 2 and stdout == ""
     assert "hidden_size" in err and "experts[1]" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [config]  # nothing written
+
+
+def test_plan_does_not_need_a_writable_folder(models, write_config, cli, monkeypatch):
+    from moemerge import dryrun
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(dryrun.tempfile, "NamedTemporaryFile", refuse)
+    code, stdout, err = cli("plan", _config(models, write_config, "llama", None, None), "--json", ALLOW_SAME)
+    assert code == 0, err
+    assert json.loads(stdout)["disk"]["write_bytes_per_s"] == dryrun.ASSUMED_BYTES_PER_S
