@@ -12,28 +12,20 @@ from typing import Any
 
 from moemerge import hub
 from moemerge.errors import SourceError
-from moemerge.files import read_json
+from moemerge.files import ST_DTYPES, TORCH_TO_ST, TensorInfo, read_json, read_safetensors_header
 
 log = logging.getLogger(__name__)
 
-# safetensors dtype code -> (torch dtype name, bytes per element)
-ST_DTYPES = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
-}  # fmt: skip
-TORCH_TO_ST = {torch_name: code for code, (torch_name, _) in ST_DTYPES.items()}
-MAX_HEADER = 100 * 1024 * 1024
-
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives and what it looks like, from headers only. `dtype` is a torch dtype name."""
+class ByteRange:
+    """`length` bytes of `file` from `offset`: a tensor (or some of its rows) exactly as stored, elements of torch
+    dtype `dtype`; what a copy that changes nothing needs to know."""
 
     file: Path
+    offset: int
+    length: int
     dtype: str
-    shape: tuple[int, ...]
-    offset: int = 0  # safetensors: where the tensor's bytes start in the file
 
 
 @dataclass(eq=False)
@@ -57,6 +49,11 @@ class ModelSource:
     def model_type(self) -> str:
         return str(self.config.get("model_type", "?"))
 
+    @property
+    def origins(self) -> list[dict[str, Any]]:
+        """Where the files came from, for moemerge.yml and the card (a LoRA expert has two: model and adapter)."""
+        return [{"model": self.ref, "path": str(self.path), "revision": self.revision}]
+
     def read(self, name: str, rows: slice | None = None):
         """The tensor `name` (or a range of its first dimension) as a torch tensor; reads only those bytes.
 
@@ -69,20 +66,25 @@ class ModelSource:
         if info.file.suffix == ".bin":
             tensor = self._handle(info.file)[name]
             return (tensor if rows is None else tensor[rows]).clone()
+        where = _stored_range(info, rows)
         shape = list(info.shape)
-        row_bytes = _element_size(info.dtype)
-        for dim in shape[1:]:
-            row_bytes *= dim
-        start, stop = (0, shape[0] if shape else 1) if rows is None else (rows.start, rows.stop)
-        if shape:
-            shape[0] = stop - start
-        buffer = bytearray((stop - start) * row_bytes)
+        if shape and rows is not None:
+            shape[0] = rows.stop - rows.start
+        buffer = bytearray(where.length)
         fh = self._handle(info.file)
-        fh.seek(info.offset + start * row_bytes)
+        fh.seek(where.offset)
         if fh.readinto(buffer) != len(buffer):
             raise SourceError(f"{info.file}: file ended early while reading {name}; re-download the model")
         flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
         return flat.view(getattr(torch, info.dtype)).reshape(shape)
+
+    def byte_range(self, name: str, rows: slice | None = None) -> ByteRange | None:
+        """Where the bytes that read(name, rows) returns lie, for a copy that changes nothing; None where read()
+        decodes or computes them (a .bin file, or a source type that overrides read() but not this)."""
+        info = self.tensors[name]
+        if info.file.suffix == ".bin" or type(self).read is not ModelSource.read:
+            return None
+        return _stored_range(info, rows)
 
     def _handle(self, file: Path):
         if file not in self._handles:
@@ -96,8 +98,18 @@ class ModelSource:
         self._handles.clear()
 
 
-def _element_size(dtype: str) -> int:
-    return ST_DTYPES[TORCH_TO_ST[dtype]][1]
+def _row_bytes(info: TensorInfo) -> int:
+    size = ST_DTYPES[TORCH_TO_ST[info.dtype]][1]
+    for dim in info.shape[1:]:
+        size *= dim
+    return size
+
+
+def _stored_range(info: TensorInfo, rows: slice | None) -> ByteRange:
+    """Rows of a safetensors tensor are stored one after the other (row-major), so any row range is one byte range."""
+    start, stop = (0, info.shape[0] if info.shape else 1) if rows is None else (rows.start, rows.stop)
+    size = _row_bytes(info)
+    return ByteRange(info.file, info.offset + start * size, (stop - start) * size, info.dtype)
 
 
 def _open_weights(file: Path):
@@ -110,41 +122,6 @@ def _open_weights(file: Path):
         return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip failures of a user file become one line
         raise SourceError(f"{file}: cannot read this .bin file safely ({str(exc).splitlines()[0][:160]})") from None
-
-
-def read_safetensors_header(file: Path) -> dict[str, TensorInfo]:
-    """Parse a safetensors header (8-byte length + JSON) and check every tensor's bytes are inside the file."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as fh:
-            length = int.from_bytes(fh.read(8), "little")
-            if size < 8 or length <= 1 or length > min(MAX_HEADER, size - 8):
-                raise SourceError(f"{file}: not a safetensors file (bad header length); re-download it")
-            header = json.loads(fh.read(length))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SourceError(f"{file}: corrupt safetensors header (not JSON); re-download it") from None
-    except OSError as exc:
-        raise SourceError(f"{file}: cannot read ({exc.strerror or exc})") from None
-    if not isinstance(header, dict):
-        raise SourceError(f"{file}: corrupt safetensors header; re-download it")
-    data_size = size - 8 - length
-    out = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, elem = ST_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise SourceError(f"{file}: corrupt safetensors header entry for '{name}'; re-download it") from None
-        count = 1
-        for dim in shape:
-            count *= dim
-        if end - begin != count * elem or end > data_size or begin < 0:
-            raise SourceError(f"{file}: truncated or corrupt (tensor '{name}' runs past the data); re-download it")
-        out[name] = TensorInfo(file, dtype, shape, 8 + length + begin)
-    return out
 
 
 def _read_bin_header(file: Path) -> dict[str, TensorInfo]:
