@@ -84,6 +84,20 @@ def _routing_section(report: dict[str, Any] | None) -> str:
             + "\n".join([head, rule, *rows]) + "\n\n![routing heatmap](routing.png)\n")  # fmt: skip
 
 
+def ranks(values: list[int]) -> str:
+    """[4] -> `rank 4`; [2, 8] -> `rank 2-8` (rank_pattern gives modules ranks of their own)."""
+    return f"rank {values[0]}" if len(values) == 1 else f"rank {values[0]}-{values[-1]}"
+
+
+def _lora_section(sources: list[dict[str, Any]]) -> str:
+    loras = [s for s in sources if s.get("lora_on")]
+    if not loras:
+        return ""
+    lines = [f"- `{s['model']}` on `{s['lora_on']}`: {ranks(s['ranks'])}; {', '.join(s['targets'])}" for s in loras]
+    return ("\nLoRA experts: each adapter's `W + scale * (B @ A)` on its model's MLP weights (its other deltas are not "
+            "used):\n\n" + "\n".join(lines) + "\n")  # fmt: skip
+
+
 def model_card(
     resolved: dict[str, Any],
     *,
@@ -115,7 +129,7 @@ def model_card(
     shared = "".join(
         f"\nShared expert (always active): `{e['source_model']}`.\n" for e in resolved.get("shared_experts") or []
     )
-    caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes)
+    caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes) + _lora_section(resolved.get("sources") or [])
     license_line = license or "not set: the base model's license applies; pass `--license` to state it"
     config_yaml = yaml.safe_dump({k: v for k, v in resolved.items() if k != "sources"}, sort_keys=False)
     body = f"""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from moemerge import card
+from moemerge.adapters import LoraSource
 from moemerge.archs import ARCHITECTURES, choose_architecture
 from moemerge.gates import hidden
 from moemerge.loading import LoadOptions
@@ -93,6 +94,7 @@ def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict
                                           experts_per_token=config.experts_per_token)  # fmt: skip
     models = list(dict.fromkeys([prepared.base, *prepared.experts, *prepared.shared]))
     read_bytes = sum(t.nbytes for t in plan.tensors if t.source.__class__.__name__ == "FromModel")
+    read_bytes += sum(m.adapter_bytes for m in models if isinstance(m, LoraSource))
     sample = next((info.file for info in prepared.base.tensors.values() if info.file.is_absolute()), None)
     read_speed, write_speed = disk_speed(probe_dir, sample)
     hidden_pass = _hidden_pass(prepared, load)
@@ -108,8 +110,9 @@ def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict
                 "model": e.source_model,
                 "positive_prompts": list(e.positive_prompts or []),
                 "negative_prompts": list(e.negative_prompts or []),
+                "adapter": _adapter(m),
             }
-            for e in config.experts
+            for e, m in zip(config.experts, prepared.experts)
         ],
         "shared_experts": [e.source_model for e in config.shared_experts or []],
         "parameters": {"total": total, "active": active},
@@ -123,6 +126,14 @@ def summarize(prepared: Prepared, load: LoadOptions, *, probe_dir: Path) -> dict
         "estimated_seconds": round(read_bytes / read_speed + plan.total_size / write_speed, 1),
         "warnings": list(prepared.arch.warnings),
     }
+
+
+def _adapter(model) -> dict[str, Any] | None:
+    """A LoRA expert's adapter: its reference, ranks, targeted MLP projections and the bytes it adds to the reads."""
+    if not isinstance(model, LoraSource):
+        return None
+    return {"model": model.adapter.ref, "on": model.model.ref, "ranks": model.ranks, "targets": model.targets,
+            "read_bytes": model.adapter_bytes, "ignored": list(model.ignored)}  # fmt: skip
 
 
 def _size(n: float) -> str:
@@ -146,6 +157,9 @@ def format_summary(s: dict[str, Any]) -> str:
     for i, e in enumerate(s["experts"]):
         pos, neg = e["positive_prompts"], e["negative_prompts"]
         lines.append(f"expert {i}: {e['model']} ({len(pos)} positive, {len(neg)} negative prompts)")
+        if a := e["adapter"]:
+            lines.append(f"    LoRA adapter {a['model']} ({card.ranks(a['ranks'])}; {', '.join(a['targets'])}), "
+                         f"{a['read_bytes']:,} extra bytes read")  # fmt: skip
         lines += [f"    + {_clip(p)}" for p in pos[:3]] + ([f"    + ... {len(pos) - 3} more"] if len(pos) > 3 else [])
         lines += [f"    - {_clip(p)}" for p in neg[:3]] + ([f"    - ... {len(neg) - 3} more"] if len(neg) > 3 else [])
     lines += [f"shared expert: {m}" for m in s["shared_experts"]]

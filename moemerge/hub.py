@@ -104,6 +104,50 @@ def fetch_model(ref: str, *, wanted: Callable[[str], bool], side_files: bool) ->
     return config.parent, commit
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def fetch_adapter(ref: str) -> tuple[Path, str | None]:
+    """Download a PEFT adapter's own files only (adapter_config.json, then its safetensors or, failing that, .bin
+    weights) from `org/name[@revision]`; returns (snapshot folder, commit hash)."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    repo_id, revision = split_ref(ref)
+    try:
+        config = _download(repo_id, ADAPTER_CONFIG, revision, optional=False)
+        commit = config.parent.name
+        if not any(_download(repo_id, name, commit) is not None for name in ADAPTER_WEIGHTS):  # stops at the first
+            raise SourceError(f"adapter '{ref}' has no {' or '.join(ADAPTER_WEIGHTS)} on the Hub")
+    except SourceError:
+        raise
+    except RemoteEntryNotFoundError:
+        raise SourceError(f"adapter '{ref}' has no {ADAPTER_CONFIG} on the Hub: not a PEFT adapter") from None
+    except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the adapter
+        raise _explain(ref, exc) from None
+    return config.parent, commit
+
+
+def remote_adapter(ref: str) -> tuple[Path, str | None, dict[str, tuple[str, list[int], int]], int]:
+    """For a dry run: adapter_config.json (downloaded; it is small) and the adapter weights' header, read remotely.
+    Returns (config folder, commit, {tensor: (dtype code, shape, start)}, bytes of weights not in the cache)."""
+    from huggingface_hub import HfApi
+
+    repo_id, revision = split_ref(ref)
+    try:
+        config = _download(repo_id, ADAPTER_CONFIG, revision, optional=False)
+        commit = config.parent.name
+        meta = HfApi().parse_safetensors_file_metadata(repo_id, ADAPTER_WEIGHTS[0], revision=commit)
+    except Exception as exc:  # noqa: BLE001 - every Hub/network failure becomes one line naming the adapter
+        if exc.__class__.__name__ in ("RemoteEntryNotFoundError", "SafetensorsParsingError"):
+            raise SourceError(f"adapter '{ref}' has no {ADAPTER_WEIGHTS[0]} on the Hub, so `plan` cannot read its "
+                              "header remotely; the merge itself also reads adapter_model.bin") from None  # fmt: skip
+        raise _explain(ref, exc) from None
+    header = {name: (t.dtype, list(t.shape), t.data_offsets[0]) for name, t in meta.tensors.items()}
+    size = max((t.data_offsets[1] for t in meta.tensors.values()), default=0)
+    return config.parent, commit, header, missing_bytes(ref, commit, {ADAPTER_WEIGHTS[0]: size})
+
+
 def remote_headers(ref: str) -> tuple[Path, str | None, dict[str, dict[str, tuple[str, list[int], int]]]]:
     """For a dry run: config.json (downloaded; it is small) and every safetensors header, read remotely with range
     requests (no weights downloaded). Returns (config folder, commit, {file: {tensor: (dtype code, shape, start)}})."""

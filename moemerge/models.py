@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moemerge import checks
+from moemerge import adapters, checks
 from moemerge.config import MergeConfig, normalise_dtype
 from moemerge.errors import SourceError
 from moemerge.sources import ModelSource, open_source
@@ -28,8 +28,14 @@ def open_models(
             if ref not in opened:
                 # experts are indexed (and downloaded) for the base's MLP tensors only
                 wanted = (lambda _: True) if i == 0 else checks.mlp_names(opened[refs[0]].config).__contains__
-                opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0,
-                                          headers_only=headers_only)  # fmt: skip
+                if adapters.split_ref(ref, base_dir=base_dir) is None:
+                    opened[ref] = open_source(ref, base_dir=base_dir, wanted=wanted, side_files=i == 0,
+                                              headers_only=headers_only)  # fmt: skip
+                elif i == 0:
+                    raise SourceError(f"'{ref}': a LoRA reference (BASE+ADAPTER) can be an expert, not the base; "
+                                      "use the adapter's base model as base_model")  # fmt: skip
+                else:
+                    opened[ref] = adapters.open_lora(ref, base_dir=base_dir, wanted=wanted, headers_only=headers_only)
             models.append(opened[ref])
         except SourceError as exc:
             problems.append(f"{label}: {exc}")

@@ -127,8 +127,8 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> dict
             shutil.copyfile(base.path / name, folder / name)
     resolved_cfg = dump_config(prepared.config, dtype=prepared.dtype, seed=prepared.seed,
                                architecture=prepared.arch.name)  # fmt: skip
-    sources = [{"model": m.ref, "path": str(m.path), "revision": m.revision} for m in
-               dict.fromkeys([base, *prepared.experts, *prepared.shared])]  # fmt: skip
+    origins = [o for m in dict.fromkeys([base, *prepared.experts, *prepared.shared]) for o in m.origins]
+    sources = list({(o["model"], o["revision"]): o for o in origins}.values())  # a LoRA's base may be listed too
     resolved = card.resolved_config(resolved_cfg, sources=sources)
     card.write_resolved(folder, resolved)
     return resolved
@@ -147,8 +147,7 @@ def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, licens
     shapes = {t.name: t.shape for t in prepared.plan.tensors}
     total, active = card.parameter_counts(shapes, num_experts=len(prepared.experts),
                                           experts_per_token=prepared.config.experts_per_token)  # fmt: skip
-    models = dict.fromkeys([prepared.base, *prepared.experts, *prepared.shared])
-    hub_models = list(dict.fromkeys(hub.split_ref(m.ref)[0] for m in models if m.revision is not None))
+    hub_models = list(dict.fromkeys(hub.split_ref(o["model"])[0] for o in resolved["sources"] if o["revision"]))
     report = folder / routing.REPORT_JSON
     text = card.model_card(
         resolved,
