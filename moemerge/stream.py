@@ -1,15 +1,61 @@
-"""Yield output tensors in write order, each as row chunks read lazily from the sources; knows no architecture."""
+"""Yield output tensors in write order, as chunks read lazily from the sources; knows no architecture. A chunk is a
+tensor in the output dtype, or, for a tensor that needs no change (the common case), a ByteRange of a source file."""
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from collections.abc import Iterator
 
 from moemerge.errors import SourceError
 from moemerge.plan import FromModel, FromRouter, PlannedTensor, Zeros
-from moemerge.sources import ModelSource
+from moemerge.sources import ByteRange, ModelSource
 
 CHUNK_BYTES = 64 * 1024**2  # one read/convert/write step; bounds memory whatever the tensor size
+CHECK_BLOCK = 2**20  # elements per Inf/NaN test: its temporary stays in the CPU cache
+# float dtype -> (integer view, mask that drops the sign bit, smallest masked value that is Inf or NaN)
+NONFINITE = {
+    "float64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
+    "float32": ("<u4", 0x7FFF_FFFF, 0x7F80_0000),
+    "float16": ("<u2", 0x7FFF, 0x7C00),
+    "bfloat16": ("<u2", 0x7FFF, 0x7F80),
+    "float8_e5m2": ("u1", 0x7F, 0x7C),
+    "float8_e4m3fn": ("u1", 0x7F, 0x7F),  # no Inf; S.1111.111 is NaN
+}
+
+
+def has_nonfinite(buffer, dtype: str) -> bool:
+    """Whether the `dtype` elements in `buffer` include an Inf or NaN: every exponent bit set (and, for e4m3fn, every
+    mantissa bit), tested on the integer bits, which costs a fraction of `isfinite()`."""
+    if dtype not in NONFINITE:
+        return False
+    import numpy as np
+
+    code, mask, limit = NONFINITE[dtype]
+    values = np.frombuffer(buffer, dtype=code)
+    return any((values[i : i + CHECK_BLOCK] & mask).max() >= limit for i in range(0, values.size, CHECK_BLOCK))
+
+
+def _mapped_nonfinite(fd: int, piece: ByteRange) -> bool:
+    """The Inf/NaN test on a read-only map of the file's pages, unmapped on return: nothing is copied into this process
+    and its resident memory does not grow."""
+    aligned = piece.offset - piece.offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, piece.offset + piece.length - aligned, prot=mmap.PROT_READ, offset=aligned) as mapped:
+        view = memoryview(mapped)[piece.offset - aligned :]
+        try:
+            return has_nonfinite(view, piece.dtype)
+        finally:
+            view.release()
+
+
+def _checked_pieces(where: ByteRange, error: SourceError) -> Iterator[ByteRange]:
+    """`where` in pieces of CHUNK_BYTES (whole elements), each tested for Inf/NaN before it is handed on."""
+    with open(where.file, "rb", buffering=0) as fh:
+        for start in range(0, where.length, CHUNK_BYTES):
+            piece = ByteRange(where.file, where.offset + start, min(CHUNK_BYTES, where.length - start), where.dtype)
+            if piece.dtype in NONFINITE and _mapped_nonfinite(fh.fileno(), piece):
+                raise error
+            yield piece
 
 
 def _row_ranges(tensor: PlannedTensor) -> list[slice | None]:
@@ -36,6 +82,32 @@ def _transform(raw, tensor: PlannedTensor, rows: slice | None, seed: int):
     return work.to(dtype)
 
 
+def _unchanged(tensor: PlannedTensor, source: ModelSource, name: str, rows: slice | None) -> ByteRange | None:
+    """The stored bytes of a source tensor (or row range) that the output takes as they are, if it does."""
+    if tensor.noise_scale or tensor.scale != 1.0 or tensor.dtype != source.tensors[name].dtype:
+        return None
+    return source.byte_range(name, rows)
+
+
+def _from_model(tensor: PlannedTensor, source: ModelSource, name: str, start: int, seed: int) -> Iterator:
+    import torch
+
+    error = SourceError(f"model '{source.ref}': tensor {name} contains NaN or Inf; the model is broken")
+    partial = start != 0 or tensor.shape != source.tensors[name].shape  # a piece of a fused tensor
+    where = _unchanged(tensor, source, name, slice(start, start + tensor.shape[0]) if partial else None)
+    if where is not None:
+        yield from _checked_pieces(where, error)
+        return
+    for rows in _row_ranges(tensor):
+        if partial:
+            rows = rows or slice(0, tensor.shape[0])
+            rows = slice(start + rows.start, start + rows.stop)
+        raw = source.read(name, rows).contiguous()
+        if has_nonfinite(raw.reshape(-1).view(torch.uint8).numpy(), str(raw.dtype).removeprefix("torch.")):
+            raise error
+        yield _transform(raw, tensor, rows, seed)
+
+
 def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: int) -> Iterator:
     import torch
 
@@ -45,20 +117,12 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
         case Zeros():
             yield torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype))
         case FromModel(model=model, name=name, start=start):
-            source = sources[model]
-            partial = start != 0 or tensor.shape != source.tensors[name].shape  # a piece of a fused tensor
-            for rows in _row_ranges(tensor):
-                if partial:
-                    rows = rows or slice(0, tensor.shape[0])
-                    rows = slice(start + rows.start, start + rows.stop)
-                raw = source.read(name, rows)
-                if raw.is_floating_point() and not raw.isfinite().all():
-                    raise SourceError(f"model '{source.ref}': tensor {name} contains NaN or Inf; the model is broken")
-                yield _transform(raw, tensor, rows, seed)
+            yield from _from_model(tensor, sources[model], name, start, seed)
 
 
 def stream_tensors(tensors: list[PlannedTensor], *, sources: list[ModelSource], routers, seed: int):
-    """(name, iterator of chunks) for each planned tensor; chunks are consecutive row blocks in the output dtype.
+    """(name, iterator of chunks) for each planned tensor; chunks are consecutive pieces of it, each a tensor (row
+    block) in the output dtype or a ByteRange to copy as stored.
 
     `routers` maps a router group (`routed`, `shared`) to a (layers, rows, hidden) tensor.
     """

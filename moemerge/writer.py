@@ -1,17 +1,24 @@
-"""Streaming safetensors writer: header first, then data chunk by chunk; index json. Knows no plan type."""
+"""Streaming safetensors writer: header first, then data chunk by chunk (tensors written from memory, byte ranges of
+source files copied by the kernel); index json. Knows no plan type."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge.errors import MergeFailedError
-from moemerge.sources import ST_DTYPES, TORCH_TO_ST
+from moemerge.errors import MergeFailedError, SourceError
+from moemerge.files import ST_DTYPES, TORCH_TO_ST
+from moemerge.sources import ByteRange
 
 log = logging.getLogger(__name__)
+# copy_file_range refusals that mean "not here" (old kernel, other filesystem, special file), not a failed copy
+NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+BUFFER_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -42,13 +49,63 @@ def header_bytes(entries: list[tuple[str, str, tuple[int, ...]]]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def _write_tensor(fh, name: str, expected: int, chunks: Iterable) -> None:
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@dataclass
+class _Copier:
+    """Copies byte ranges of source files to the output's current position: in the kernel (copy_file_range) where
+    the system allows it, else through one reused buffer."""
+
+    kernel: bool = field(default_factory=lambda: hasattr(os, "copy_file_range"))
+    fds: dict[Path, int] = field(default_factory=dict)
+    buffer: bytearray | None = None
+
+    def copy(self, piece: ByteRange, out: int) -> int:
+        if piece.file not in self.fds:
+            self.fds[piece.file] = os.open(piece.file, os.O_RDONLY)
+        src, done = self.fds[piece.file], 0
+        while self.kernel and done < piece.length:
+            try:
+                copied = os.copy_file_range(src, out, piece.length - done, piece.offset + done)
+            except OSError as exc:
+                if exc.errno not in NO_KERNEL_COPY:
+                    raise
+                log.info("in-kernel copy unavailable (%s); copying through memory", exc.strerror or exc)
+                self.kernel = False
+                break
+            if copied == 0:
+                raise SourceError(f"{piece.file}: file ended early (was it changed during the merge?)")
+            done += copied
+        while done < piece.length:
+            self.buffer = self.buffer or bytearray(BUFFER_BYTES)
+            view = memoryview(self.buffer)[: min(BUFFER_BYTES, piece.length - done)]
+            got = os.preadv(src, [view], piece.offset + done)
+            if got == 0:
+                raise SourceError(f"{piece.file}: file ended early (was it changed during the merge?)")
+            _write_all(out, view[:got])
+            done += got
+        return done
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _write_tensor(out: int, name: str, expected: int, chunks: Iterable, copier: _Copier) -> None:
     import torch
 
     written = 0
     for chunk in chunks:
+        if isinstance(chunk, ByteRange):
+            written += copier.copy(chunk, out)
+            continue
         data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        fh.write(memoryview(data))
+        _write_all(out, data)
         written += data.nbytes
     if written != expected:
         raise MergeFailedError(f"tensor {name}: wrote {written} bytes, expected {expected}")
@@ -61,17 +118,22 @@ def write_shards(
     *,
     on_tensor: Callable[[str, int], None] = lambda name, nbytes: None,
 ) -> None:
-    """Write every shard in order from `stream` (name, chunks), then the index when there are several shards."""
-    for layout in layouts:
-        log.info("writing %s", layout.filename)
-        with open(folder / layout.filename, "wb") as fh:
-            fh.write(header_bytes(layout.entries))
-            for name, dtype, shape in layout.entries:
-                got, chunks = next(stream)
-                if got != name:
-                    raise MergeFailedError(f"tensor stream out of order: got {got}, expected {name}")
-                _write_tensor(fh, name, _nbytes(dtype, shape), chunks)
-                on_tensor(name, _nbytes(dtype, shape))
+    """Write every shard in order from `stream` (name, chunks: tensors or ByteRanges), then the index when there are
+    several shards."""
+    copier = _Copier()
+    try:
+        for layout in layouts:
+            log.info("writing %s", layout.filename)
+            with open(folder / layout.filename, "wb", buffering=0) as fh:
+                _write_all(fh.fileno(), header_bytes(layout.entries))
+                for name, dtype, shape in layout.entries:
+                    got, chunks = next(stream)
+                    if got != name:
+                        raise MergeFailedError(f"tensor stream out of order: got {got}, expected {name}")
+                    _write_tensor(fh.fileno(), name, _nbytes(dtype, shape), chunks, copier)
+                    on_tensor(name, _nbytes(dtype, shape))
+    finally:
+        copier.close()
     if len(layouts) > 1:
         write_index(folder, layouts)
 
