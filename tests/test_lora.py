@@ -4,13 +4,17 @@ base bit for bit, a zero adapter gives back the base, and bad adapters are refus
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 import yaml
 from conftest import load_moe, logits
+from hubstub import COMMIT, HubStub
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
@@ -206,3 +210,64 @@ def test_folder_with_plus_in_its_name_is_a_model(models, write_config, cli, tmp_
     out = merge(write_config, cli, tmp_path / "out", base, [str(plus), str(base)])
     assert torch.equal(out["model.layers.0.block_sparse_moe.experts.0.w1.weight"],
                        all_tensors(plus)["model.layers.0.mlp.gate_proj.weight"])  # fmt: skip
+
+
+def hub_run(args, *, endpoint, home):
+    """`python -m moemerge ARGS` in a child process against the Hub stand-in (huggingface_hub reads HF_ENDPOINT at
+    import)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", HF_ENDPOINT=endpoint)
+    return subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], env=env, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+
+
+def test_hub_adapter_downloads_only_adapter_files(models, tmp_path):
+    base = models.base("llama")
+    adapter = make_adapter(base, tmp_path / "served-adapter")
+    (adapter / "training_args.bin").write_bytes(b"not needed" * 100)
+    (adapter / "tokenizer.json").write_text("{}")
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({"base_model": str(base), "gate_mode": "random", "experts": [
+        {"source_model": "org/base+org/adapter@v1"}, {"source_model": str(models.expert(base, 1))}]}))  # fmt: skip
+    with HubStub() as hub:
+        hub.served.update({"org/base": base, "org/adapter": adapter})
+        planned = hub_run(["plan", config], endpoint=hub.url, home=tmp_path / "hf")
+        assert planned.returncode == 0, planned.stderr
+        assert "LoRA adapter org/adapter@v1 (rank 4; down_proj, gate_proj, up_proj)" in planned.stdout
+        assert hub.downloaded("org/adapter") == {"adapter_config.json"}  # a dry run reads the header remotely
+        result = hub_run([config, tmp_path / "out", "-q"], endpoint=hub.url, home=tmp_path / "hf")
+        assert result.returncode == 0, result.stderr
+        assert hub.downloaded("org/adapter") == {"adapter_config.json", "adapter_model.safetensors"}
+        assert not any(name.startswith("tokenizer") for name in hub.downloaded("org/base"))
+    resolved = (tmp_path / "out" / "moemerge.yml").read_text()
+    assert "model: org/adapter@v1" in resolved and "lora_on: org/base" in resolved
+    assert resolved.count(f"revision: {COMMIT}") == 2  # the model side and the adapter, each with its commit
+    out, want = all_tensors(tmp_path / "out"), peft_merged(base, adapter)
+    assert torch.equal(out["model.layers.1.block_sparse_moe.experts.0.w2.weight"],
+                       want["model.layers.1.mlp.down_proj.weight"])  # fmt: skip
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_bin_adapter_read_with_weights_only(models, write_config, cli, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)  # where the hostile pickle would leave its mark
+
+    base = models.base("llama")
+    adapter = make_adapter(base, tmp_path / "adapter")
+    torch.save(load_file(str(adapter / "adapter_model.safetensors")), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    out = merge(write_config, cli, tmp_path / "out", base, [f"{base}+{adapter}", str(base)])
+    want = peft_merged(base, adapter)
+    assert torch.equal(out["model.layers.0.block_sparse_moe.experts.0.w3.weight"],
+                       want["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
+    torch.save({"x": Hostile()}, adapter / "adapter_model.bin")  # a pickle that would run code
+    config = write_config({"base_model": str(base), "gate_mode": "random",
+                           "experts": [{"source_model": f"{base}+{adapter}"}, {"source_model": str(base)}]})  # fmt: skip
+    code, _, err = cli(config, tmp_path / "out2", "--quiet")
+    assert code == 2 and "cannot read this .bin file safely" in err and err.count("\n") == 1
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out2").exists()
