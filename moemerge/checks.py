@@ -10,8 +10,10 @@ import os
 import re
 from pathlib import Path
 
+from moemerge.archs import MoeShape, OutputArch, effective
 from moemerge.archs.inputs import mlp_source_names
 from moemerge.config import PROMPT_GATE_MODES, MergeConfig
+from moemerge.errors import MergeFailedError
 from moemerge.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -114,11 +116,50 @@ def check_models(base: ModelSource, experts: list[tuple[str, ModelSource]], *, a
         problems += [f"{label}: {key} is {dims[key]}, the base has {base_dims[key]}" for key in mismatched]
         if dims == base_dims and not missing_in_base:
             problems += _missing_mlp(base, expert, label)
+        problems += _mlp_differences(base, expert, label)
         vocab, base_vocab = expert.config.get("vocab_size"), base.config.get("vocab_size")
         if vocab != base_vocab:
             log.warning("%s: vocab_size %s differs from the base's %s (only the base's embeddings are used)",
                         label, vocab, base_vocab)  # fmt: skip
     return problems
+
+
+def _mlp_settings(model: ModelSource) -> dict[str, object]:
+    """What, besides its weights, decides what a model's MLP computes (dropout, vocab padding, ... do not)."""
+    found = effective.settings(model.config)
+    biased = found.mlp_bias or any(n.endswith(".bias") and ".mlp." in n for n in model.tensors)
+    return {"hidden_act": found.hidden_act, "mlp_bias": biased}
+
+
+def _mlp_differences(base: ModelSource, expert: ModelSource, label: str) -> list[str]:
+    """One line for an expert whose MLP computes differently from the base's: the MoE runs every expert's tensors
+    through the base's activation and without biases."""
+    try:
+        mine = _mlp_settings(base)
+    except ValueError:
+        return []  # the output architecture check says why the base cannot be merged
+    try:
+        theirs = _mlp_settings(expert)
+    except ValueError as exc:
+        return [f"{label}: transformers cannot read its config.json ({(str(exc).splitlines() or [''])[0]})"]
+    diffs = [f"{key} {theirs[key]!r} where the base has {mine[key]!r}" for key in mine if theirs[key] != mine[key]]
+    if not diffs:
+        return []
+    why = f"its MLP computes differently from the base's ({', '.join(diffs)})"
+    return [f"{label}: {why}; the MoE would run it with the base's settings: use an expert fine-tuned from the base"]
+
+
+def check_output_config(arch: OutputArch, base_config: dict, shape: MoeShape) -> None:
+    """Before anything is written: the output config.json, read back through its class, must give every setting the
+    base has (heads, head_dim, norm eps, rope, windows, activation, ...), so that no class default slips in."""
+    written = arch.build_config(base_config, shape)
+    try:
+        diffs = effective.mismatches(effective.settings(base_config), effective.settings(written))
+    except ValueError as exc:
+        diffs = [f"transformers refuses it ({(str(exc).splitlines() or [''])[0]})"]
+    if diffs:
+        raise MergeFailedError(f"internal error: the {arch.class_name} config.json moemerge would write does not "
+                               f"reproduce the base: {'; '.join(diffs)}; nothing was written (please report this)")  # fmt: skip
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")

@@ -92,6 +92,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
         log.warning("%s: %s", arch.name, warning)
     seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
     prepared = Prepared(config, base, experts, shared, arch, output_dtype(config, base), seed)
+    checks.check_output_config(arch, base.config, _moe_shape(prepared))  # before anything is written
     specs = [ExpertSpec(e.noise_scale or 0.0, 1.0 if e.residual_scale is None else e.residual_scale)
              for e in config.experts + (config.shared_experts or [])]  # fmt: skip
     prepared.plan = build_plan(

@@ -11,7 +11,8 @@ from test_merge_mixtral import ALLOW_SAME
 
 
 def _config(models, write_config, family, arch, shared, gate="random"):
-    base = models.base(family)
+    # DeepSeek has no sliding window: a Mistral without one (MistralConfig's default slides 4096 tokens)
+    base = models.base(family, sliding_window=None) if family == "mistral" else models.base(family)
     data = {"base_model": str(base), "gate_mode": gate, "dtype": "bfloat16",
             "experts": [{"source_model": str(base), "positive_prompts": [f"prompt {i}"]} for i in range(3)]}  # fmt: skip
     if arch:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from moemerge.archs.base import DENSE_MLP, MoeShape, OutputArch
 from moemerge.archs.deepseek import DEEPSEEK
+from moemerge.archs.inputs import input_warnings
 from moemerge.archs.mixtral import MIXTRAL
 from moemerge.archs.qwen2_moe import QWEN2_MOE
 from moemerge.archs.qwen3_moe import QWEN3_MOE
@@ -19,7 +21,8 @@ __all__ = ["ARCHITECTURES", "DENSE_MLP", "MoeShape", "OutputArch", "choose_archi
 def choose_architecture(
     requested: str | None, config: dict[str, Any], tensor_names: set[str], *, num_shared: int
 ) -> tuple[OutputArch | None, list[str]]:
-    """The requested (or first fitting) architecture, or None and one reason per candidate."""
+    """The requested (or first fitting) architecture, or None and one reason per candidate. The architecture's
+    warnings include those this base brings (said at merge time and in the model card)."""
     if requested is not None and requested not in ARCHITECTURES:
         return None, [f"{requested}: not supported by this version of moemerge (use {', '.join(ARCHITECTURES)})"]
     candidates = [ARCHITECTURES[requested]] if requested else list(ARCHITECTURES.values())
@@ -30,6 +33,7 @@ def choose_architecture(
             allowed = f"at most {arch.max_shared_experts}" if arch.max_shared_experts else "no"
             why.append(f"takes {allowed} shared experts, the config gives {num_shared}")
         if not why:
-            return arch, []
+            extra = input_warnings(config, arch.class_name)
+            return (replace(arch, warnings=arch.warnings + extra) if extra else arch), []
         reasons += [f"{arch.name}: {reason}" for reason in why]
     return None, reasons

@@ -1,7 +1,8 @@
 """DeepSeek-MoE v1 output (`DeepseekForCausalLM`, remote code) from llama/mistral, with an optional ungated shared expert.
 
 transformers has no native class for it: load with `trust_remote_code=True`; `auto_map` points at the code published
-with deepseek-ai/deepseek-moe-16b-base.
+with deepseek-ai/deepseek-moe-16b-base. That code has no sliding window, derives head_dim from hidden_size / heads and
+implements default and linear RoPE only (its dynamic scaling never returns to the original frequencies).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of
 
 REMOTE_CODE = "deepseek-ai/deepseek-moe-16b-base"
-DROPPED_KEYS = ("mlp_bias", "sliding_window", "use_sliding_window", "layer_types", "max_window_layers")
+# fields its code lacks: MLP biases and sliding windows are refused first, head_dim is derived
+DROPPED_KEYS = ("mlp_bias", "sliding_window", "use_sliding_window", "layer_types", "max_window_layers", "head_dim")
 
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
@@ -54,6 +56,8 @@ DEEPSEEK = OutputArch(
     max_shared_experts=1,
     build_config=build_config,
     extra_reasons=bias_reasons,
+    rope_types=frozenset({"default", "linear"}),
+    derives_head_dim=True,
     shape_of=lambda c: MoeShape(
         c["n_routed_experts"],
         c["num_experts_per_tok"],

@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from moemerge.archs import effective
 from moemerge.archs.base import DENSE_MLP
+
+PHI3_LONGROPE = (
+    "the base is a Phi-3 model with longrope: its generate() recomputes the whole cache once a sequence passes "
+    "original_max_position_embeddings ({limit}) tokens and {cls} keeps it, so text generated past {limit} tokens "
+    "differs from the base's (single forward passes agree)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,3 +56,13 @@ def mlp_source_names(config: dict[str, Any]) -> set[str]:
     """Every MLP tensor an expert must supply."""
     layers = int(config.get("num_hidden_layers") or 0)
     return {part.name for layer in range(layers) for part in mlp_parts(config, layer).values()}
+
+
+def input_warnings(config: dict[str, Any], class_name: str) -> tuple[str, ...]:
+    """What a merge of this base cannot keep exactly, beyond what the output refuses."""
+    if config.get("model_type") != "phi3":
+        return ()
+    rope = effective.settings(config).rope
+    if rope.get("rope_type") != "longrope":
+        return ()
+    return (PHI3_LONGROPE.format(limit=rope.get("original_max_position_embeddings"), cls=class_name),)

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of
+from moemerge.archs.base import MoeShape, OutputArch, bias_reasons, common_config, dtype_of, window_fields
 
-DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "resid_pdrop", "embd_pdrop", "partial_rotary_factor")
-
-
-def _reasons(config: dict[str, Any], names: set[str]) -> list[str]:
-    if config.get("partial_rotary_factor", 1.0) != 1.0:
-        factor = config["partial_rotary_factor"]
-        return [f"rotates every head dimension, but the base uses partial_rotary_factor {factor}"]
-    return bias_reasons(config, names)
+# fields of the input classes Mixtral lacks (biases are refused, dropouts are training-only)
+DROPPED_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "resid_pdrop", "embd_pdrop", "layer_types",
+                "use_sliding_window", "max_window_layers")  # fmt: skip
 
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
@@ -24,7 +19,7 @@ def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
         num_local_experts=shape.num_experts,
         num_experts_per_tok=shape.experts_per_token,
         intermediate_size=shape.intermediate_size,
-        sliding_window=base.get("sliding_window") if base.get("use_sliding_window", True) else None,
+        sliding_window=window_fields(base)["sliding_window"],
         output_router_logits=False,
     )
     return config
@@ -42,6 +37,6 @@ MIXTRAL = OutputArch(
         "up": "model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight",
     },
     build_config=build_config,
-    extra_reasons=_reasons,
+    extra_reasons=bias_reasons,
     shape_of=lambda c: MoeShape(c["num_local_experts"], c["num_experts_per_tok"], dtype_of(c), c["intermediate_size"]),
 )

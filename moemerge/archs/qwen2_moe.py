@@ -1,5 +1,6 @@
 """Qwen2-MoE output (`Qwen2MoeForCausalLM`) from qwen2 bases, and from llama/mistral bases with zero q/k/v biases.
 
+Sliding windows are carried per layer (`layer_types`), head_dim as the base sets it (Qwen2MoeAttention reads it).
 Always has a shared expert: `shared_experts[0]` with a gate from its prompts, or a zero-output one (intermediate size
 1, zero down projection) so that the model equals its routed mixture.
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from moemerge.archs import effective
 from moemerge.archs.base import MoeShape, OutputArch, common_config, dtype_of, qwen_moe_fields
 
-LLAMA_ONLY_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp", "head_dim")
+LLAMA_ONLY_KEYS = ("mlp_bias", "attention_bias", "pretraining_tp")
 LLAMACPP_CAVEAT = (
     "llama.cpp's Qwen2-MoE runtime ignores norm_topk_prob and never renormalises the top-k routing weights: a GGUF "
     "conversion of this model weights the routed experts by their raw top-k probabilities"
@@ -19,8 +21,14 @@ LLAMACPP_CAVEAT = (
 
 def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
     config = {k: v for k, v in common_config(base, dtype=shape.dtype).items() if k not in LLAMA_ONLY_KEYS}
-    config.pop("layer_types", None)  # recomputed by transformers from use_sliding_window
+    windows = effective.settings(base).windows
+    sliding = [w for w in windows if w is not None]
     config.update(qwen_moe_fields(shape))
+    config.update(
+        layer_types=["full_attention" if w is None else "sliding_attention" for w in windows],
+        use_sliding_window=bool(sliding),
+        sliding_window=sliding[0] if sliding else None,
+    )
     config.update(
         architectures=["Qwen2MoeForCausalLM"],
         model_type="qwen2_moe",
@@ -35,19 +43,16 @@ def _reasons(config: dict[str, Any], names: set[str]) -> list[str]:
         return ["has no MLP biases, but the base has them (they would be dropped)"]
     if config.get("model_type") != "qwen2" and any(".o_proj.bias" in n for n in names):
         return ["has no o_proj bias, but the base has one (it would be dropped)"]
-    head_dim = config.get("head_dim")
-    if head_dim and head_dim != config["hidden_size"] // config["num_attention_heads"]:
-        return [f"derives head_dim from hidden_size / heads, but the base sets head_dim {head_dim}"]
     return []
 
 
 def _zero_biases(config: dict[str, Any], names: set[str]) -> dict[str, tuple[int, ...]]:
     """q/k/v biases for a llama/mistral base, which has none: zeros keep its attention exactly."""
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    head_dim = config["hidden_size"] // heads
-    sizes = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim}
+    base = effective.settings(config)
+    q, kv = base.num_attention_heads * base.head_dim, base.num_key_value_heads * base.head_dim
+    sizes = {"q_proj": q, "k_proj": kv, "v_proj": kv}
     out = {}
-    for layer in range(config["num_hidden_layers"]):
+    for layer in range(base.num_hidden_layers):
         for proj, size in sizes.items():
             name = f"model.layers.{layer}.self_attn.{proj}.bias"
             if name not in names:
