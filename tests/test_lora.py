@@ -72,6 +72,7 @@ CASES = {
     "plain": {},
     "rslora": {"use_rslora": True, "lora_alpha": 16},
     "fan_in_fan_out": {"edit": {"fan_in_fan_out": True}},  # peft turns it off for nn.Linear: so must we
+    "gate only": {"targets": ("gate_proj", "q_proj")},  # up and down come from the model side unchanged
     "patterns": {"rank_pattern": {"layers.1.mlp.down_proj": 2, "up_proj": 6},
                  "alpha_pattern": {"gate_proj": 3, "model.layers.0.mlp.down_proj": 5}},
 }  # fmt: skip
@@ -87,7 +88,8 @@ def test_experts_equal_peft_merge(models, write_config, cli, tmp_path, monkeypat
     for layer in range(2):
         mlp, expert = f"model.layers.{layer}.mlp", f"model.layers.{layer}.block_sparse_moe.experts.0"
         for proj, w in (("gate_proj", "w1"), ("down_proj", "w2"), ("up_proj", "w3")):
-            assert not torch.equal(want[f"{mlp}.{proj}.weight"], src[f"{mlp}.{proj}.weight"])  # the delta is real
+            targeted = proj in CASES[case].get("targets", MLP)
+            assert torch.equal(want[f"{mlp}.{proj}.weight"], src[f"{mlp}.{proj}.weight"]) != targeted  # a real delta
             assert torch.equal(out[f"{expert}.{w}.weight"], want[f"{mlp}.{proj}.weight"])
     for name, tensor in src.items():  # the adapter also changed q_proj and v_proj: the base's are used
         if ".mlp." not in name:
