@@ -273,3 +273,22 @@ def test_bin_adapter_read_with_weights_only(models, write_config, cli, tmp_path,
     code, _, err = cli(config, tmp_path / "out2", "--quiet")
     assert code == 2 and "cannot read this .bin file safely" in err and err.count("\n") == 1
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out2").exists()
+
+
+def test_shared_expert_and_scales_apply_after_the_delta(models, write_config, cli, tmp_path):
+    from moemerge.archs import ARCHITECTURES
+
+    base = models.base("llama")
+    adapter = make_adapter(base, tmp_path / "adapter")
+    ref = f"{base}+{adapter}"
+    config = write_config({"base_model": str(base), "gate_mode": "random", "architecture": "qwen2_moe",
+                           "experts": [{"source_model": ref, "residual_scale": 0.5},
+                                       {"source_model": str(models.expert(base, 1))}],
+                           "shared_experts": [{"source_model": ref}]})  # fmt: skip
+    code, _, err = cli(config, tmp_path / "out", "--quiet")
+    assert code == 0, err
+    out, want, arch = all_tensors(tmp_path / "out"), peft_merged(base, adapter), ARCHITECTURES["qwen2_moe"]
+    down, gate = want["model.layers.1.mlp.down_proj.weight"], want["model.layers.1.mlp.gate_proj.weight"]
+    assert torch.equal(out[arch.experts["down"].format(layer=1, expert=0)], down * 0.5)
+    assert torch.equal(out[arch.shared_expert["down"].format(layer=1)], down)
+    assert torch.equal(out[arch.shared_expert["gate"].format(layer=1)], gate)
