@@ -186,10 +186,10 @@ def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same:
 def check_out_is_not_a_source(out: Path, models: list[ModelSource]) -> list[str]:
     """--overwrite into a source model's folder (or a folder holding one) would delete that model."""
     target = out.resolve()
-    for model in dict.fromkeys(models):
-        source = model.path.resolve()
+    for origin in (o for model in dict.fromkeys(models) for o in model.origins):  # a LoRA expert: model and adapter
+        source = Path(origin["path"]).resolve()
         if target == source or target in source.parents:
-            return [f"{out}: holds the source model '{model.ref}'; write the merge to another folder"]
+            return [f"{out}: holds the source model '{origin['model']}'; write the merge to another folder"]
     return []
 
 

@@ -35,7 +35,8 @@ def _alive(pid: int) -> bool:
 
 
 def recover(out: Path) -> None:
-    """Clean up after a run into OUT that was killed: drop its partial folder; put back an OUT it had moved aside."""
+    """Clean up after a run into OUT that was killed: drop its partial folder; put back an OUT it had moved aside
+    (call it before checking OUT, so that a restored folder is refused like any non-empty OUT)."""
     if not out.parent.is_dir():
         return
     for entry in sorted(out.parent.iterdir()):
@@ -46,7 +47,8 @@ def recover(out: Path) -> None:
             raise OutputError(f"{out}: another moemerge (pid {match['pid']}) is writing it; wait for it to finish")
         if match["kind"] == "old" and not out.exists():
             entry.rename(out)
-            log.warning("%s: restored the folder an interrupted run had moved aside", out)
+            # it is the user's earlier output: the caller's non-empty-OUT check now protects it
+            log.warning("%s: restored your earlier output, which an interrupted run had moved aside", out)
         else:
             shutil.rmtree(entry, ignore_errors=True)
             log.info("removed %s, left by an interrupted run", entry)

@@ -24,7 +24,7 @@ from moemerge.gates import GateContext, compute_routers
 from moemerge.loading import LoadOptions
 from moemerge.models import open_models, output_dtype
 from moemerge.plan import ExpertSpec, Plan, build_plan
-from moemerge.sources import ModelSource
+from moemerge.sources import ModelSource, resolve_path
 from moemerge.stream import stream_tensors
 from moemerge.writer import ShardLayout, write_shards
 
@@ -46,6 +46,7 @@ class MergeOptions:
     load: LoadOptions = field(default_factory=LoadOptions)
     routing_report: bool = False
     license: str | None = None  # for the model card; default: the base's
+    write_card: bool = True  # README.md (mergekit's --no-write-model-card turns it off)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Prepared:
     arch: OutputArch
     dtype: str
     seed: int
+    config_dir: Path = Path()  # relative model paths in the config are relative to it (or to the working folder)
     plan: Plan = field(init=False)
 
 
@@ -91,7 +93,8 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     for warning in arch.warnings:
         log.warning("%s: %s", arch.name, warning)
     seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
-    prepared = Prepared(config, base, experts, shared, arch, output_dtype(config, base), seed)
+    prepared = Prepared(config, base, experts, shared, arch, output_dtype(config, base), seed,
+                        config_path.resolve().parent)  # fmt: skip
     checks.check_output_config(arch, base.config, _moe_shape(prepared))  # before anything is written
     specs = [ExpertSpec(e.noise_scale or 0.0, 1.0 if e.residual_scale is None else e.residual_scale)
              for e in config.experts + (config.shared_experts or [])]  # fmt: skip
@@ -126,7 +129,11 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> dict
     for name in names:
         if (base.path / name).is_file():
             shutil.copyfile(base.path / name, folder / name)
-    resolved_cfg = dump_config(prepared.config, dtype=prepared.dtype, seed=prepared.seed,
+    def locate(ref: str) -> str:  # local folders absolute, so that moemerge.yml reruns from any folder
+        folder = resolve_path(ref, base_dir=prepared.config_dir)
+        return str(folder) if folder is not None else ref
+
+    resolved_cfg = dump_config(prepared.config, locate=locate, dtype=prepared.dtype, seed=prepared.seed,
                                architecture=prepared.arch.name)  # fmt: skip
     origins = [o for m in dict.fromkeys([base, *prepared.experts, *prepared.shared]) for o in m.origins]
     sources = list({(o["model"], o["revision"]): o for o in origins}.values())  # a LoRA's base may be listed too
@@ -135,13 +142,18 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> dict
     return resolved
 
 
-def _routing_report(folder: Path, options: MergeOptions) -> None:
+def _routing_report(prepared: Prepared, folder: Path, options: MergeOptions) -> None:
     """The routing report is a bonus: when it cannot run, the merge still succeeds with a warning."""
+    if not any(e.positive_prompts for e in prepared.config.experts):
+        log.warning("routing report skipped: the experts have no positive prompts; after the merge, run "
+                    "`moemerge route OUT --prompts FILE` with prompt sets of your own")  # fmt: skip
+        return
     try:
         routing.report(folder, prompts=None, load=options.load)
     except Exception as exc:  # noqa: BLE001 -- a finished merge must not be lost to its report
         first = (str(exc).splitlines() or [""])[0]
-        log.warning("routing report skipped: %s (run `moemerge route OUT` to retry)", first)
+        log.warning("routing report skipped: %s (after the merge, run `moemerge route OUT` to retry)",
+                    first.replace(str(folder), "OUT"))  # the temporary folder's name means nothing to the user
 
 
 def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, license: str | None) -> None:
@@ -161,14 +173,14 @@ def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, licens
         notes=prepared.arch.warnings,
         routing=json.loads(report.read_text()) if report.is_file() else None,
     )
-    (folder / "README.md").write_text(text)
+    (folder / "README.md").write_text(text, encoding="utf-8")
 
 
 def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Progress | None = None) -> Prepared:
     """Run a whole merge; OUT appears only when everything has been written."""
     progress = progress or (lambda stage, done, total: None)
+    output.recover(out)  # first: a restored OUT is the user's earlier output, which prepare() must protect
     prepared = prepare(config_path, out, options)
-    output.recover(out)
     output.check_space(out, prepared.plan.total_size)
     log.info("computing routers (gate_mode %s)", prepared.config.gate_mode)
     routers = _routers(prepared, options, progress)
@@ -184,8 +196,9 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
                 MergeFailedError, [f"the written checkpoint fails verification: {f}" for f in findings]
             )
         if options.routing_report:
-            _routing_report(tmp, options)
-        _card(prepared, tmp, resolved, name=out.resolve().name, license=options.license)
+            _routing_report(prepared, tmp, options)
+        if options.write_card:
+            _card(prepared, tmp, resolved, name=out.resolve().name, license=options.license)
         log.info("moving %s into place", out)
         output.publish(tmp, out)
     except BaseException as exc:

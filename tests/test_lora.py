@@ -292,3 +292,16 @@ def test_shared_expert_and_scales_apply_after_the_delta(models, write_config, cl
     assert torch.equal(out[arch.experts["down"].format(layer=1, expert=0)], down * 0.5)
     assert torch.equal(out[arch.shared_expert["down"].format(layer=1)], down)
     assert torch.equal(out[arch.shared_expert["gate"].format(layer=1)], gate)
+
+
+def test_overwrite_never_replaces_the_model_side(models, write_config, cli, tmp_path):
+    base = models.base("llama")
+    model_side = tmp_path / "model-side"
+    shutil.copytree(models.expert(base, 1), model_side)
+    adapter = make_adapter(base, tmp_path / "adapter")
+    config = write_config({"base_model": str(base), "gate_mode": "random",
+                           "experts": [{"source_model": f"{model_side}+{adapter}"}, {"source_model": str(base)}]})  # fmt: skip
+    for out in (model_side, adapter):
+        code, _, err = cli(config, out, "--overwrite", "--quiet")
+        assert code == 2 and "holds the source model" in err, err
+    assert (model_side / "model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
