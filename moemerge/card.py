@@ -20,16 +20,22 @@ def resolved_config(config: dict[str, Any], *, sources: list[dict[str, Any]]) ->
     return {"moemerge_version": __version__, **config, "sources": sources}
 
 
-def write_resolved(folder: Path, resolved: dict[str, Any]) -> None:
+def resolved_yaml(resolved: dict[str, Any]) -> str:
+    """moemerge.yml's text: a valid config for a rerun, then the provenance (version, sources) as comments."""
     text = "# Written by moemerge: the config as it was run. Rerun with `moemerge moemerge.yml OUT`.\n"
     body = {k: v for k, v in resolved.items() if k not in ("moemerge_version", "sources")}
     text += yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
     provenance = yaml.safe_dump(
-        {"moemerge_version": resolved["moemerge_version"], "sources": resolved["sources"]}, sort_keys=False
+        {"moemerge_version": resolved["moemerge_version"], "sources": resolved["sources"]},
+        sort_keys=False,
+        allow_unicode=True,
     )
     # commented out so that the file stays a valid config for a rerun
-    text += "\n# Provenance\n" + "".join(f"# {line}\n" for line in provenance.splitlines())
-    (folder / "moemerge.yml").write_text(text)
+    return text + "\n# Provenance\n" + "".join(f"# {line}\n" for line in provenance.splitlines())
+
+
+def write_resolved(folder: Path, resolved: dict[str, Any]) -> None:
+    (folder / "moemerge.yml").write_text(resolved_yaml(resolved), encoding="utf-8")
 
 
 def parameter_counts(
@@ -131,7 +137,8 @@ def model_card(
     )
     caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes) + _lora_section(resolved.get("sources") or [])
     license_line = license or "not set: the base model's license applies; pass `--license` to state it"
-    config_yaml = yaml.safe_dump({k: v for k, v in resolved.items() if k != "sources"}, sort_keys=False)
+    config_yaml = resolved_yaml(resolved)  # exactly moemerge.yml: the block reruns as it is
+    remote = ", trust_remote_code=True" if arch_class == "DeepseekForCausalLM" else ""  # no class in transformers
     body = f"""
 # {name}
 
@@ -155,8 +162,8 @@ layers). It has not been trained after merging; each layer's router was initiali
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 repo = "your-name/{name}"  # or the local folder
-tokenizer = AutoTokenizer.from_pretrained(repo)
-model = AutoModelForCausalLM.from_pretrained(repo, dtype="auto", device_map="auto")
+tokenizer = AutoTokenizer.from_pretrained(repo{remote})
+model = AutoModelForCausalLM.from_pretrained(repo, dtype="auto", device_map="auto"{remote})
 inputs = tokenizer("Hello, my name is", return_tensors="pt").to(model.device)
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))
 ```
@@ -167,13 +174,13 @@ In 4-bit on a small GPU (`pip install bitsandbytes`):
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 model = AutoModelForCausalLM.from_pretrained(
-    repo, device_map="auto", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype="bfloat16")
+    repo, device_map="auto", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype="bfloat16"){remote}
 )
 ```
 
 ## Configuration
 
-Rerun with `moemerge moemerge.yml OUT` (the file is in this repo):
+This is `moemerge.yml` (in this repo); rerun it with `moemerge moemerge.yml OUT`:
 
 ```yaml
 {config_yaml}```

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from moemerge.cli import (
+from moemerge.options import (
     AllowCrimesOpt,
     AllowSameOpt,
     DeviceOpt,
@@ -19,6 +19,7 @@ from moemerge.cli import (
     ShardSizeOpt,
     VerboseOpt,
     load_options,
+    parse_size,
     setup_logging,
 )
 
@@ -97,7 +98,6 @@ def plan(
     import json
 
     from moemerge import dryrun
-    from moemerge.cli import parse_size
     from moemerge.pipeline import MergeOptions, prepare
 
     setup_logging(verbose, quiet)
@@ -106,7 +106,10 @@ def plan(
                            allow_same_experts=allow_same_experts, load=load)  # fmt: skip
     prepared = prepare(config, None, options)
     summary = dryrun.summarize(prepared, load, probe_dir=Path.cwd())
-    print(json.dumps(summary, indent=2) if as_json else dryrun.format_summary(summary))
+    if as_json:  # asked for explicitly, so printed even with --quiet
+        print(json.dumps(summary, indent=2))
+    elif not quiet:
+        print(dryrun.format_summary(summary))
 
 
 push_app = typer.Typer(add_completion=False, rich_markup_mode=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,6 +199,17 @@ def read_prompt_file(path: Path) -> list[str]:
     return prompts
 
 
-def dump_config(config: MergeConfig, **resolved: Any) -> dict[str, Any]:
-    """The config as plain data (for moemerge.yml and the model card) with `resolved` values filled in."""
-    return config.model_copy(update=resolved).model_dump(exclude_none=True)
+def dump_config(config: MergeConfig, *, locate: Callable[[str], str] = str, **resolved: Any) -> dict[str, Any]:
+    """The config as plain data (for moemerge.yml and the model card) with `resolved` values filled in; `locate`
+    rewrites each model reference (each part of `BASE+ADAPTER`), e.g. to an absolute folder so that it reruns
+    from anywhere."""
+
+    def relocated(ref: str) -> str:
+        return "+".join(locate(part) for part in ref.split("+"))
+
+    data = config.model_copy(update=resolved).model_dump(exclude_none=True)
+    data["base_model"] = relocated(data["base_model"])
+    for group in ("experts", "shared_experts"):
+        for entry in data.get(group) or []:
+            entry["source_model"] = relocated(entry["source_model"])
+    return data

@@ -23,6 +23,14 @@ WEIGHT_LAYOUTS = (
 )
 
 
+_CACHE: dict[str, Path | None] = {"dir": None}  # --transformers-cache: where downloads go (default: the HF cache)
+
+
+def use_cache(folder: Path) -> None:
+    """Download into `folder` instead of the Hugging Face cache (mergekit-moe's --transformers-cache)."""
+    _CACHE["dir"] = Path(folder).expanduser()
+
+
 def looks_like_hub_id(ref: str) -> bool:
     return bool(HUB_ID.match(ref)) and ".." not in ref
 
@@ -56,7 +64,7 @@ def _download(repo_id: str, filename: str, revision: str | None, *, optional: bo
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=_CACHE["dir"]))
     except (EntryNotFoundError, LocalEntryNotFoundError):
         if optional:
             return None
