@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moemerge.errors import ConfigError, problems_error
 
-GateMode = Literal["hidden", "hidden_avg", "cheap_embed", "random", "uniform_random"]
-PROMPT_GATE_MODES = ("hidden", "hidden_avg", "cheap_embed")
+GateMode = Literal["hidden", "hidden_avg", "mlp_input", "mlp_input_avg", "cheap_embed", "random", "uniform_random"]
+PROMPT_GATE_MODES = ("hidden", "hidden_avg", "mlp_input", "mlp_input_avg", "cheap_embed")
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -108,7 +108,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{_path(loc)}: required field is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "literal_error" and loc and loc[-1] == "gate_mode":
-        message = f"unknown gate_mode {error['input']!r}: use hidden, hidden_avg, cheap_embed, random or uniform_random"
+        message = f"unknown gate_mode {error['input']!r}: use " + ", ".join(GateMode.__args__)
     return f"{_path(loc)}: {message}"
 
 

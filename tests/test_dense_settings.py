@@ -245,3 +245,15 @@ def test_a_class_default_slipping_in_is_an_internal_error():
                                                            if k != "rms_norm_eps"})  # fmt: skip
     with pytest.raises(MergeFailedError, match=r"internal error: .*rms_norm_eps 1e-05 where the base has 1e-06"):
         checks.check_output_config(careless, base, shape)
+
+
+@pytest.mark.parametrize("where", [
+    {"partial_rotary_factor": 0.5},  # 4.x: top level
+    {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},  # 5.x
+    {"rope_scaling": {"rope_type": "default", "partial_rotary_factor": 0.5}, "rope_theta": 1e4},
+])  # fmt: skip
+def test_partial_rotary_factor_found_wherever_it_is_written(where):
+    config = {"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "vocab_size": 300, "intermediate_size": 64, **where}  # fmt: skip
+    _, why = choose_architecture("mixtral", config, set(), num_shared=0)
+    assert why == ["mixtral: rotates every head dimension, but the base rotates 0.5 of each (partial_rotary_factor)"]
