@@ -45,7 +45,7 @@ GateFn = Callable[[GateContext], Any]
 
 
 def _registry() -> dict[str, GateFn]:
-    from moemerge.gates import cheap_embed, hidden, random, uniform_random
+    from moemerge.gates import cheap_embed, hidden, mlp_input, random, uniform_random
 
     return {
         "random": random.compute,
@@ -53,6 +53,8 @@ def _registry() -> dict[str, GateFn]:
         "cheap_embed": cheap_embed.compute,
         "hidden": hidden.compute_last,
         "hidden_avg": hidden.compute_mean,
+        "mlp_input": mlp_input.compute_last,
+        "mlp_input_avg": mlp_input.compute_mean,
     }
 
 
