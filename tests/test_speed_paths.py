@@ -6,7 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,3 +170,31 @@ def test_nan_found_on_the_copy_path(tmp_path, monkeypatch, dtype):
     assert sum(p.length for p in pieces) == good.numel() * good.element_size()
     with pytest.raises(SourceError, match="model 'm': tensor bad contains NaN or Inf"):
         chunks("bad")
+
+
+IMPORTS = """
+import json, sys
+from moemerge.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.startswith("transformers"))}))
+"""
+# model code and tokenizer loading; transformers' configuration modules are allowed (config.json is built with them)
+HEAVY = re.compile(r"^transformers\.(modeling_utils|models\.auto\.tokenization_auto|tokenization_utils_tokenizers"
+                   r"|models\.\w+\.(modeling_(?!auto)|tokenization_)\w+)$")  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["random", "uniform_random", "cheap_embed"])
+def test_small_merges_load_no_model_or_tokenizer_code(models, write_config, tmp_path, mode):
+    base = models.base("llama")
+    experts = [{"source_model": str(models.expert(base, i)), "positive_prompts": [f"prompt {i}", "hello"]}
+               for i in (1, 2)]  # fmt: skip
+    config = write_config({"base_model": str(base), "gate_mode": mode, "experts": experts})
+    proc = subprocess.run([sys.executable, "-c", IMPORTS, str(config), str(tmp_path / "out"), "-q"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0, proc.stderr
+    assert [m for m in report["modules"] if HEAVY.match(m)] == []
+    assert HEAVY.match("transformers.models.llama.modeling_llama") and HEAVY.match("transformers.modeling_utils")

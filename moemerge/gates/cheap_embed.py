@@ -1,9 +1,11 @@
-"""`cheap_embed`: the sum of the base's embedding rows over every prompt token, normalised; same row every layer."""
+"""`cheap_embed`: the sum of the base's embedding rows over every prompt token, normalised; same row every layer.
+Prompts are tokenised from tokenizer.json (moemerge.tokenize): this mode never imports transformers."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from moemerge import tokenize
 from moemerge.errors import IncompatibleModelsError
 
 
@@ -18,11 +20,11 @@ def _runs(ids: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def prompt_sum(context, prompts: list[str]):
+def prompt_sum(context, tokenizer: tokenize.PromptTokenizer, prompts: list[str]):
     """Sum of embedding rows (hidden,) over all tokens of all prompts; reads only the rows used."""
     import torch
 
-    counts = Counter(t for ids in context.prompt_ids(prompts) for t in ids)
+    counts = Counter(t for ids in tokenizer.prompt_ids(prompts) for t in ids)
     ids = sorted(counts)
     vocab = context.base.tensors[context.embed_name].shape[0]
     if ids and ids[-1] >= vocab:
@@ -35,10 +37,11 @@ def prompt_sum(context, prompts: list[str]):
 def compute(context):
     import torch
 
+    tokenizer = tokenize.load(context.base.path)
     rows = []
     for index, expert in enumerate(context.experts):
-        positive = prompt_sum(context, expert.positive_prompts or [])
-        negative = prompt_sum(context, expert.negative_prompts) if expert.negative_prompts else None
+        positive = prompt_sum(context, tokenizer, expert.positive_prompts or [])
+        negative = prompt_sum(context, tokenizer, expert.negative_prompts) if expert.negative_prompts else None
         row = _combine(positive, negative)
         if not torch.isfinite(row).all() or row.norm() == 0:
             raise IncompatibleModelsError(f"experts[{index}]: prompts give a zero router row (positives = negatives?)")
