@@ -79,15 +79,71 @@ def _cell(prompts: list[str] | None, limit: int = 8) -> str:
     return "; ".join(shown) + more
 
 
-def _routing_section(report: dict[str, Any] | None) -> str:
+SECTION = "<!-- moemerge:{name} -->\n{body}<!-- /moemerge:{name} -->\n"
+
+
+def _escape(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def routing_section(report: dict[str, Any] | None) -> str:
+    """The routing report as a card section: shares per prompt set and expert, and each set's own-expert hit rate."""
     if not report:
         return ""
-    head = "| prompt set | " + " | ".join(f"`{e}`" for e in report["experts"]) + " |"
-    rule = "|---" * (len(report["experts"]) + 1) + "|"
-    rows = [f"| {s['name']} | " + " | ".join(f"{v:.1%}" for v in s["share"]) + " |" for s in report["prompt_sets"]]
-    return (f"\n## Routing\n\nShare of each prompt set's top-{report['experts_per_token']} expert picks, averaged over "
-            f"{report['layers']} layers (from `moemerge route`; `routing.json` has the per-layer figures).\n\n"
+    k = report["experts_per_token"]
+    head = "| prompt set | " + " | ".join(f"`{_escape(e)}`" for e in report["experts"]) + " | own-expert hit |"
+    rule = "|---" * (len(report["experts"]) + 2) + "|"
+    rows = [f"| {_escape(s['name'])} | " + " | ".join(f"{v:.1%}" for v in s["share"])
+            + f" | {'-' if s.get('hit_rate') is None else format(s['hit_rate'], '.1%')} |"
+            for s in report["prompt_sets"]]  # fmt: skip
+    body = (f"\n## Routing\n\nShare of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers "
+            f"(from `moemerge route`; `routing.json` has the per-layer figures). Own-expert hit: the share of a set's "
+            f"tokens whose top-{k} picks include the expert the set belongs to.\n\n"
             + "\n".join([head, rule, *rows]) + "\n\n![routing heatmap](routing.png)\n")  # fmt: skip
+    return SECTION.format(name="routing", body=body)
+
+
+def eval_section(result: dict[str, Any]) -> str:
+    """`moemerge eval` as a card section: mean next-token loss (perplexity) per dataset and model, best in bold."""
+    names = [m["name"] for m in result["models"]]
+    head = "| dataset | tokens | " + " | ".join(f"`{_escape(n)}`" for n in names) + " |"
+    rule = "|---" * (len(names) + 2) + "|"
+    rows = []
+    for d in result["datasets"]:
+        cells = []
+        for n in names:
+            ppl = d["perplexity"][n]
+            cell = f"{d['loss'][n]:.3f} ({'inf' if ppl is None else format(ppl, '.2f')})"
+            cells.append(f"**{cell}**" if d["best"] == n and len(names) > 1 else cell)
+        rows.append(f"| {_escape(d['name'])} | {d['tokens']:,} | " + " | ".join(cells) + " |")
+    body = (f"\n## Evaluation\n\nMean next-token loss (perplexity) per dataset, from `moemerge eval` (windows of "
+            f"{result['window']} tokens, OUT's tokenizer for every model; lower is better"
+            + (", best in bold" if len(names) > 1 else "") + "; `eval.json` has the figures).\n\n"
+            + "\n".join([head, rule, *rows]) + "\n\n![eval chart](eval.png)\n")  # fmt: skip
+    return SECTION.format(name="eval", body=body)
+
+
+def update_card(folder: Path, name: str, section: str) -> bool:
+    """Put `section` into the model card moemerge wrote in `folder`, replacing that section if it is there (so a
+    rerun never duplicates it), else before `## Usage`. A README.md that moemerge did not write is left alone."""
+    path = folder / "README.md"
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    front = text.split("\n---\n", 1)[0] if text.startswith("---\n") else ""
+    if "- moemerge" not in front.splitlines():
+        return False
+    start, end = f"<!-- moemerge:{name} -->\n", f"<!-- /moemerge:{name} -->\n"
+    if start in text and end in text.split(start, 1)[1]:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    elif "\n## Usage\n" in text:
+        before, rest = text.split("\n## Usage\n", 1)
+        text = before + section + "\n## Usage\n" + rest
+    else:
+        text = text.rstrip("\n") + "\n" + section
+    path.write_text(text, encoding="utf-8")
+    return True
 
 
 def ranks(values: list[int]) -> str:
@@ -142,7 +198,7 @@ def model_card(
     body = f"""
 # {name}
 
-A Mixture-of-Experts model (`{arch_class}`) built with [moemerge](https://pypi.org/project/moemerge/) from
+A Mixture-of-Experts model (`{arch_class}`) built with moemerge from
 `{resolved["base_model"]}` (attention, norms and embeddings) and {len(experts)} experts (one per fine-tune: its MLP
 layers). It has not been trained after merging; each layer's router was initialised with gate mode
 `{resolved["gate_mode"]}` from the prompts below.
@@ -155,7 +211,7 @@ layers). It has not been trained after merging; each layer's router was initiali
 | expert | source model | positive prompts | negative prompts |
 |---|---|---|---|
 {rows}
-{shared}{caveats}{_routing_section(routing)}
+{shared}{caveats}{routing_section(routing)}
 ## Usage
 
 ```python

@@ -48,6 +48,50 @@ def route(
         print(f"wrote {out / routing.REPORT_JSON} and {out / routing.REPORT_PNG}")
 
 
+eval_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@eval_app.command(name="eval", help="Mean next-token loss and perplexity of the merged model in OUT per dataset; "
+                  "--compare also scores its base and experts on the same tokens.")  # fmt: skip
+def evaluate(
+    out: Annotated[Path, typer.Argument(help="A folder written by moemerge.")],
+    data: Annotated[list[str] | None, typer.Option("--data", metavar="NAME=FILE", help="A text file to score, named; repeat for several. Default: each expert's positive prompts from OUT/moemerge.yml.")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Also score the base and every expert in OUT/moemerge.yml (one model loaded at a time).")] = False,
+    max_tokens: Annotated[int | None, typer.Option(min=2, help="Score at most this many tokens per dataset.")] = None,
+    device: DeviceOpt = "cpu",
+    load_in_4bit: Load4Opt = False,
+    load_in_8bit: Load8Opt = False,
+    trust_remote_code: RemoteOpt = False,
+    max_memory: MaxMemOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    import sys
+
+    from moemerge import evaluate as scoring
+    from moemerge.cli import _progress_display
+
+    setup_logging(verbose, quiet)
+    load = load_options(device, load_in_4bit, load_in_8bit, trust_remote_code, max_memory)
+    datasets = scoring.parse_data(data) if data else scoring.prompt_datasets(out)
+    if not data and not quiet:
+        print(f"no --data given: scoring each expert's positive prompts from {out / 'moemerge.yml'} "
+              "(one dataset per expert; pass --data NAME=FILE for held-out text)", file=sys.stderr)  # fmt: skip
+    bar, update = _progress_display(quiet)
+    if bar is not None:
+        bar.start()
+    try:
+        result = scoring.evaluate(out, datasets=datasets, compare=compare, max_tokens=max_tokens, load=load,
+                                  progress=update)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.stop()
+    paths = scoring.write_results(result, out)
+    if not quiet:
+        print(scoring.format_table(result))
+        print(f"wrote {paths[0]} and {paths[1]}")
+
+
 verify_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
 
@@ -137,4 +181,4 @@ def push(
         print(f"pushed {out} to {url}")
 
 
-SUBCOMMANDS = {"route": route_app, "verify": verify_app, "plan": plan_app, "push": push_app}
+SUBCOMMANDS = {"route": route_app, "eval": eval_app, "verify": verify_app, "plan": plan_app, "push": push_app}

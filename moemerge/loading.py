@@ -59,7 +59,8 @@ def _quantization(options: LoadOptions):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=_dtype(options), bnb_4bit_quant_type="nf4")
 
 
-def _check_device(options: LoadOptions) -> None:
+def check_device(options: LoadOptions) -> None:
+    """--device names a GPU that is there (a dry run checks this too)."""
     import torch
 
     if options.device.startswith("cuda"):
@@ -88,7 +89,7 @@ def loaded_model(
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    _check_device(options)
+    check_device(options)
     cls = AutoModelForCausalLM if causal_lm else AutoModel
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoModel skipping lm_head is expected, not worth a report
@@ -117,6 +118,31 @@ def loaded_model(
         model, info = loaded if loading_info else (loaded, None)
         model.eval()
         yield (model, info) if loading_info else model
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def load_tokenizer(path: Path, options: LoadOptions) -> Any:
+    """The tokenizer saved in `path`, loaded with the --trust-remote-code value (never transformers' y/N prompt)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    fix = "copy the base model's tokenizer files into it, or merge again without --no-copy-tokenizer"
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{path} has no tokenizer; {fix}")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "a model of type deepseek" notices from the config lookup
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=options.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ConfigError(f"{path}: the tokenizer needs its own code; rerun with --trust-remote-code") from None
+        if "tokenizer" in str(exc).splitlines()[0]:
+            raise ConfigError(f"{path} has no usable tokenizer ({str(exc).splitlines()[0]}); {fix}") from None
+        raise
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def free_memory() -> None:

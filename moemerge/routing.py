@@ -9,10 +9,11 @@ from typing import Any
 
 import yaml
 
+from moemerge import card, charts
 from moemerge.batching import chunks, left_padded
 from moemerge.config import MAX_CONFIG_BYTES, MergeConfig, load_config, read_prompt_file, read_text_file
 from moemerge.errors import ConfigError, MergeFailedError
-from moemerge.loading import LoadOptions, free_memory, input_device, loaded_model
+from moemerge.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
 
 log = logging.getLogger(__name__)
 REPORT_JSON = "routing.json"
@@ -28,6 +29,8 @@ def prompt_sets_from_config(config: MergeConfig) -> dict[str, list[str]]:
 def read_prompt_sets(path: Path) -> dict[str, list[str]]:
     """Prompt sets from `--prompts FILE`: a .txt file (one set, one prompt per line), a YAML mapping
     `{name: [prompts]}`, or a moemerge/mergekit config (one set per expert)."""
+    if not path.exists():
+        raise ConfigError(f"--prompts: {path} not found")
     if path.suffix.lower() not in (".yaml", ".yml", ".json"):
         return {path.stem: read_prompt_file(path)}
     try:
@@ -65,13 +68,20 @@ def expert_names(model_dir: Path, num_experts: int) -> list[str]:
 ROUTE_TOKENS = 4096  # tokens per forward pass: bounds activations and attention memory
 
 
+def owner(set_name: str, experts: list[str]) -> int | None:
+    """The expert a prompt set belongs to: the set is named like it (`1: code` or `code`), else None."""
+    if set_name in experts:
+        return experts.index(set_name)
+    short = [e.partition(": ")[2] for e in experts]
+    return short.index(set_name) if short.count(set_name) == 1 else None
+
+
 def measure(model_dir: Path, prompt_sets: dict[str, list[str]], load: LoadOptions) -> dict[str, Any]:
     """Run the merged model on every prompt (batched, left-padded); count, per layer, how often each expert is among
     a real token's top-k picks."""
     import torch
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir, load)
     bos = tokenizer.bos_token or ""
     names = list(prompt_sets)
     items = [(s, ids) for s, name in enumerate(names) for p in prompt_sets[name]
@@ -88,69 +98,57 @@ def measure(model_dir: Path, prompt_sets: dict[str, list[str]], load: LoadOption
             for row, (s, _) in enumerate(chunk):
                 picks = torch.stack([layer.float().cpu().view(*real.shape, -1)[row][real[row]].topk(top_k).indices
                                      for layer in logits])  # (layers, tokens, k)  # fmt: skip
+                # each token picks an expert at most once, so these are also counts of tokens that picked it
                 hits = torch.nn.functional.one_hot(picks, logits[0].shape[-1]).sum(dim=(1, 2)).double()  # (L, E)
                 counts[s] = counts[s] + hits if s in counts else hits
         num_experts, layers = logits[0].shape[-1], len(logits)
     free_memory()
-    sets = []
-    for s, name in enumerate(names):
-        if s not in counts:
-            continue
-        per_layer = counts[s] / counts[s].sum(-1, keepdim=True)  # (layers, experts), rows sum to 1
-        tokens = sum(len(ids) for t, ids in items if t == s)
-        sets.append({"name": name, "prompts": len(prompt_sets[name]), "tokens": tokens,
-                     "share": per_layer.mean(0).tolist(), "per_layer": per_layer.tolist()})  # fmt: skip
-    return {"experts": expert_names(model_dir, num_experts), "experts_per_token": top_k, "layers": layers,
-            "prompt_sets": sets}  # fmt: skip
+    experts = expert_names(model_dir, num_experts)
+    sets = [_set_figures(name, s, prompt_sets[name], counts[s], items, experts, top_k)
+            for s, name in enumerate(names) if s in counts]  # fmt: skip
+    return {"experts": experts, "experts_per_token": top_k, "layers": layers, "prompt_sets": sets}
+
+
+def _set_figures(name, s, prompts, counts, items, experts, top_k) -> dict[str, Any]:
+    """One prompt set's entry: pick shares per layer and, for a set that belongs to an expert, its hit rate (the
+    share of the set's tokens whose top-k picks include that expert)."""
+    per_layer = counts / counts.sum(-1, keepdim=True)  # (layers, experts), rows sum to 1
+    tokens = sum(len(ids) for t, ids in items if t == s)
+    own = owner(name, experts)
+    hits = (counts[:, own] / tokens).tolist() if own is not None else None  # (layers,)
+    return {"name": name, "prompts": len(prompts), "tokens": tokens, "share": per_layer.mean(0).tolist(),
+            "per_layer": per_layer.tolist(), "expert": own, "hit_rate": sum(hits) / len(hits) if hits else None,
+            "hit_rate_per_layer": hits}  # fmt: skip
 
 
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
-    """routing.json and the routing.png heatmap (prompt set x expert, share of picks averaged over layers)."""
+    """routing.json and routing.png (shares per prompt set and expert; hit rate per layer)."""
     paths = [folder / REPORT_JSON, folder / REPORT_PNG]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    _heatmap(report, paths[1])
+    charts.save(charts.routing_figure(report), paths[1])
     return paths
 
 
-def _heatmap(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets, experts = report["prompt_sets"], report["experts"]
-    values = [s["share"] for s in sets]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(experts), 1.2 + 0.5 * len(sets)), dpi=100)
-    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(experts)), labels=experts, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(sets)), labels=[s["name"] for s in sets], fontsize=8)
-    for r, row in enumerate(values):
-        for c, value in enumerate(row):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    ax.set_xlabel("expert picked (share of top-k picks, mean over layers)")
-    ax.set_ylabel("prompt set")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a plain-text table: one row per prompt set, one column per expert."""
+    """The report as a plain-text table: one row per prompt set, one column per expert, then the set's hit rate."""
     experts = report["experts"]
     width = max([len(s["name"]) for s in report["prompt_sets"]] + [10])
     columns = [max(len(e), 6) for e in experts]
-    lines = [" " * width + "  " + "  ".join(e.rjust(w) for e, w in zip(experts, columns))]
+    hit_head = "own-expert hit"
+    lines = [" " * width + "  " + "  ".join(e.rjust(w) for e, w in zip(experts, columns)) + "  " + hit_head]
     for s in report["prompt_sets"]:
         cells = [f"{v:.1%}".rjust(w) for v, w in zip(s["share"], columns)]
-        lines.append(s["name"].ljust(width) + "  " + "  ".join(cells))
+        hit = "-" if s["hit_rate"] is None else f"{s['hit_rate']:.1%}"
+        lines.append(s["name"].ljust(width) + "  " + "  ".join(cells) + "  " + hit.rjust(len(hit_head)))
     k = report["experts_per_token"]
-    lines.append(f"(share of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers)")
+    lines.append(f"(share of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers; "
+                 f"own-expert hit: share of the set's tokens whose top-{k} picks include its own expert)")  # fmt: skip
     return "\n".join(lines)
 
 
 def report(model_dir: Path, *, prompts: Path | None, load: LoadOptions) -> dict[str, Any]:
-    """Measure routing on the config's prompts (OUT/moemerge.yml) or on `prompts`; writes the report into OUT."""
+    """Measure routing on the config's prompts (OUT/moemerge.yml) or on `prompts`; writes the report into OUT and
+    refreshes the routing section of OUT's model card when moemerge wrote one."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir}: not a merged model (no config.json)")
     if prompts is not None:
@@ -163,4 +161,5 @@ def report(model_dir: Path, *, prompts: Path | None, load: LoadOptions) -> dict[
         raise ConfigError(f"{model_dir}: the experts have no positive_prompts to route; pass --prompts FILE")
     result = measure(model_dir, sets, load)
     write_report(result, model_dir)
+    card.update_card(model_dir, "routing", card.routing_section(result))
     return result

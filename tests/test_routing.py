@@ -32,8 +32,12 @@ def _check_report(folder, names, experts, layers=2):
     assert set(report) == {"experts", "experts_per_token", "layers", "prompt_sets"}
     assert report["experts"] == experts and report["experts_per_token"] == 2 and report["layers"] == layers
     assert [s["name"] for s in report["prompt_sets"]] == names
-    for s in report["prompt_sets"]:
-        assert set(s) == {"name", "prompts", "tokens", "share", "per_layer"}
+    for i, s in enumerate(report["prompt_sets"]):
+        assert set(s) == {"name", "prompts", "tokens", "share", "per_layer", "expert", "hit_rate", "hit_rate_per_layer"}
+        if s["expert"] is None:
+            assert s["hit_rate"] is None and s["hit_rate_per_layer"] is None
+        else:  # top-2 of 2: every token's picks include the set's own expert
+            assert s["expert"] == i and s["hit_rate"] == 1.0 and s["hit_rate_per_layer"] == [1.0] * layers
         assert s["tokens"] > s["prompts"] > 0
         assert len(s["per_layer"]) == layers and all(abs(sum(row) - 1) < 1e-9 for row in s["per_layer"])
         assert s["share"] == pytest.approx([sum(col) / layers for col in zip(*s["per_layer"])])
@@ -95,7 +99,8 @@ def test_route_errors_are_one_line(cli, tmp_path, merged):
     code, _, err = cli("route", tmp_path / "nowhere")
     assert code == 2 and err.count("\n") == 1 and "not a merged model" in err
     code, _, err = cli("route", out, "--prompts", tmp_path / "missing.txt")
-    assert code == 2 and err.count("\n") == 1 and "not found" in err
+    assert code == 2 and err.count("\n") == 1 and "--prompts" in err and "not found" in err
+    assert "relative to the config" not in err
 
 
 def test_prompt_files_in_the_config(models, write_config, cli, tmp_path):
@@ -121,3 +126,100 @@ def test_prompt_files_in_the_config(models, write_config, cli, tmp_path):
     code, _, err = cli(config, tmp_path / "out3")
     assert code == 2 and "experts[0].positive_prompts: prompt file" in err and "not found" in err
     assert not (tmp_path / "out3").exists()
+
+
+THREE = {**PROMPTS, "math": ["Solve for x: 2x + 3 = 7.", "What is 12 times 7?"]}
+
+
+def test_hit_rate_against_a_per_token_count(models, write_config, cli, tmp_path):
+    base = models.base("llama")
+    config = write_config({"base_model": str(base), "gate_mode": "hidden", "experts_per_token": 2, "experts": [
+        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": p} for i, p in enumerate(THREE.values())]})  # fmt: skip
+    assert cli(config, tmp_path / "out", "-q")[0] == 0
+    code, stdout, err = cli("route", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "routing.json").read_text())
+    model, tokenizer = load_moe(tmp_path / "out"), AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    rates = []
+    for own, (s, prompts) in enumerate(zip(report["prompt_sets"], THREE.values())):
+        hits, tokens = [0, 0], 0  # per layer: tokens whose top-2 picks include the set's expert
+        for p in prompts:
+            ids = tokenizer("<s>" + p, add_special_tokens=False)["input_ids"]
+            tokens += len(ids)
+            with torch.no_grad():
+                layers = model(torch.tensor([ids]), output_router_logits=True).router_logits
+            for layer, logits in enumerate(layers):
+                for token in range(len(ids)):
+                    hits[layer] += own in logits[token].topk(2).indices.tolist()
+        assert s["expert"] == own and s["tokens"] == tokens
+        assert s["hit_rate_per_layer"] == pytest.approx([h / tokens for h in hits])
+        assert s["hit_rate"] == pytest.approx(sum(hits) / 2 / tokens)
+        rates.append(f"{s['hit_rate']:.1%}")
+    assert 0 < min(s["hit_rate"] for s in report["prompt_sets"]) < 1  # 3 experts, top-2: a real measurement
+    table = stdout.splitlines()
+    assert "own-expert hit" in table[0] and [row.split()[-1] for row in table[1:4]] == rates
+
+
+def test_sets_named_after_an_expert_belong_to_it(merged, cli, tmp_path):
+    out, _ = merged
+    path = tmp_path / "sets.yaml"
+    path.write_text(yaml.safe_dump({"llama-base--expert2": ["hello there"], "1: llama-base--expert1": ["x y"],
+                                    "other": ["import os"]}, sort_keys=False))  # fmt: skip
+    assert cli("route", out, "--prompts", path, "-q")[0] == 0
+    sets = json.loads((out / "routing.json").read_text())["prompt_sets"]
+    assert [s["expert"] for s in sets] == [1, None, None]  # `1: ...expert1` names neither expert exactly
+
+
+def test_card_routing_section_refreshed_once(merged, cli):
+    out, _ = merged
+    card = (out / "README.md").read_text()
+    assert "## Routing" not in card and "pypi.org" not in card
+    for _ in range(2):
+        assert cli("route", out, "-q")[0] == 0
+    text = (out / "README.md").read_text()
+    assert text.count("## Routing") == 1 and text.count("<!-- moemerge:routing -->") == 1
+    assert "own-expert hit |" in text and "| 0: llama-base--expert1 | 50.0% | 50.0% | 100.0% |" in text
+    assert text.index("## Routing") < text.index("## Usage")
+
+
+def test_route_without_a_tokenizer(models, write_config, cli, tmp_path):
+    base = models.base("llama")
+    config = write_config({"base_model": str(base), "gate_mode": "random", "experts": [
+        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": ["hi"]} for i in range(2)]})  # fmt: skip
+    assert cli(config, tmp_path / "out", "-q", "--no-copy-tokenizer")[0] == 0
+    code, _, err = cli("route", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1
+    assert "has no tokenizer" in err and "copy the base model's tokenizer files" in err
+    assert not (tmp_path / "out" / "routing.json").exists()
+
+
+def test_figure_labels_inside_with_many_layers_and_long_names():
+    from test_eval import assert_labels_inside
+
+    from moemerge import charts
+
+    experts = [f"{i}: SmolLM2-135M-Instruct-{d}-expert" for i, d in enumerate(("python", "arithmetic", "recipes"))]
+    sets = [{"name": f"held-out {e}", "share": [0.5, 0.3, 0.2], "hit_rate_per_layer": [0.9] * 30} for e in experts]
+    sets.append({"name": "mine", "share": [0.3, 0.3, 0.4], "hit_rate_per_layer": None})
+    report = {"experts": experts, "experts_per_token": 2, "layers": 30, "prompt_sets": sets}
+    assert_labels_inside(charts.routing_figure(report), [*experts, "mean over 30 layers", "layer", "held-out 2"])
+
+
+@pytest.mark.parametrize("verb", ["route", "eval"])
+def test_remote_code_refused_without_a_prompt(models, write_config, cli, tmp_path, verb):
+    """A DeepSeek output (remote code) without --trust-remote-code: one line, exit 2, never transformers' y/N
+    question, even with stdin open and no terminal."""
+    import subprocess
+    import sys
+
+    base = models.base("llama")
+    config = write_config({"base_model": str(base), "architecture": "deepseek", "gate_mode": "random", "experts": [
+        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": ["hi there"]} for i in range(2)]})  # fmt: skip
+    assert cli(config, tmp_path / "out", "-q")[0] == 0
+    run = subprocess.run([sys.executable, "-m", "moemerge", verb, str(tmp_path / "out")], stdin=subprocess.PIPE, check=False,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("no --data given")]
+    assert lines == [f"error: {tmp_path / 'out'}: the model needs its own code; rerun with --trust-remote-code"]
+    assert "[y/N]" not in run.stdout + run.stderr
+    assert not (tmp_path / "out" / "routing.json").exists() and not (tmp_path / "out" / "eval.json").exists()

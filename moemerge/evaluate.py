@@ -1,0 +1,239 @@
+"""`moemerge eval`: mean next-token loss and perplexity per dataset of a merged model and, to compare, of its base and
+experts on exactly the same token windows (OUT's tokenizer); writes eval.json, eval.png and a model-card section."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moemerge import card, charts, hub
+from moemerge.batching import chunks, left_padded
+from moemerge.config import MAX_PROMPT_FILE_BYTES, load_config, read_text_file
+from moemerge.errors import ConfigError, SourceError, problems_error
+from moemerge.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
+
+log = logging.getLogger(__name__)
+EVAL_JSON = "eval.json"
+EVAL_PNG = "eval.png"
+DEFAULT_WINDOW = 256  # tokens per window, or the model's max positions when smaller
+EVAL_TOKENS = 2048  # tokens per forward pass: bounds activations and the (tokens, vocab) logits
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    source: str  # the file, or where in moemerge.yml the prompts come from
+    texts: list[str]  # documents: each is windowed on its own
+
+
+def parse_data(specs: list[str]) -> list[Dataset]:
+    """`--data NAME=FILE` values: every problem (no `=`, empty name, duplicate, missing or empty file) reported."""
+    problems, datasets = [], []
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not file:
+            problems.append(f"--data {spec!r}: expected NAME=FILE, e.g. --data code=held_out.py")
+        elif name in [d.name for d in datasets]:
+            problems.append(f"--data {spec!r}: the name {name!r} is given twice; each dataset needs its own name")
+        else:
+            try:
+                text = read_text_file(Path(file), MAX_PROMPT_FILE_BYTES, "dataset")
+            except FileNotFoundError:
+                problems.append(f"--data {name}: {file} not found")
+                continue
+            except (OSError, UnicodeDecodeError, ConfigError) as exc:
+                problems.append(f"--data {name}: {exc if isinstance(exc, ConfigError) else exc.__class__.__name__}")
+                continue
+            if not text.strip():
+                problems.append(f"--data {name}: {file} is empty")
+            datasets.append(Dataset(name, file, [text]))
+    if problems:
+        raise problems_error(ConfigError, problems)
+    return datasets
+
+
+def prompt_datasets(out: Path) -> list[Dataset]:
+    """Without --data: one dataset per expert, its positive prompts from OUT/moemerge.yml (each prompt a document)."""
+    if not (out / "moemerge.yml").is_file():
+        raise ConfigError(f"{out}: no moemerge.yml with the experts' prompts; pass --data NAME=FILE")
+    config = load_config(out / "moemerge.yml")
+    datasets = [Dataset(f"{i}: {_short(e.source_model)}", f"moemerge.yml experts[{i}].positive_prompts",
+                        list(e.positive_prompts)) for i, e in enumerate(config.experts) if e.positive_prompts]  # fmt: skip
+    if not datasets:
+        raise ConfigError(f"{out}: the experts have no positive_prompts to evaluate; pass --data NAME=FILE")
+    return datasets
+
+
+def _short(ref: str) -> str:
+    return ref.rstrip("/").split("/")[-1] or ref
+
+
+def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None) -> list[list[int]]:
+    """Each text cut into windows of `window` tokens, each starting the way the tokenizer starts a text (its BOS, if
+    it adds one); at most `max_tokens` tokens in all. A window scores every token but its first."""
+    from transformers.utils import logging as hf_logging
+
+    bos = tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
+    step, budget, out = window - len(prefix), max_tokens, []
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum": it is cut into windows here
+    try:
+        for text in texts:
+            body = tokenizer(text, add_special_tokens=False)["input_ids"]
+            for start in range(0, len(body), step):
+                ids = (prefix + body[start : start + step])[: budget if budget is not None else None]
+                if len(ids) >= 2:
+                    out.append(ids)
+                    budget = None if budget is None else budget - len(ids)
+                if budget is not None and budget < 2:
+                    return out
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return out
+
+
+def _provenance(out: Path) -> dict[str, str]:
+    """Model reference -> the folder the merge read it from, from moemerge.yml's commented provenance block."""
+    lines = (out / "moemerge.yml").read_text(encoding="utf-8").split("# Provenance\n", 1)[1:]
+    block = "".join(line[2:] + "\n" for line in lines[0].splitlines() if line.startswith("# ")) if lines else ""
+    try:
+        sources = (yaml.safe_load(block) or {}).get("sources") or []
+        return {s["model"]: s["path"] for s in sources if isinstance(s, dict) and s.get("path")}
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _locate(ref: str, out: Path, provenance: dict[str, str], field: str) -> Path:
+    """A model named in moemerge.yml: an absolute folder, one relative to OUT, the folder the merge read it from,
+    one relative to the current folder, or a Hub id (through the Hugging Face cache)."""
+    path = Path(ref).expanduser()
+    candidates = [path] if path.is_absolute() else [out / path, Path(provenance.get(ref, "/nonexistent")), path]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    if hub.looks_like_hub_id(ref) and not ref.startswith((".", "/", "~")):
+        try:
+            return hub.fetch_model(ref, wanted=lambda _: True, side_files=False)[0]
+        except SourceError as exc:
+            raise SourceError(f"{out}/moemerge.yml: {field}: {exc}") from None
+    raise ConfigError(f"{out}/moemerge.yml: {field} {ref!r} is not a model folder (looked relative to {out} and to "
+                      "the current folder) nor a Hub id; --compare needs every model the merge read")  # fmt: skip
+
+
+def compared_models(out: Path) -> list[tuple[str, str, Path]]:
+    """(column name, reference, folder) for the base and each expert named in OUT/moemerge.yml."""
+    if not (out / "moemerge.yml").is_file():
+        raise ConfigError(f"{out}: no moemerge.yml naming the base and experts; --compare needs it")
+    config, provenance = load_config(out / "moemerge.yml"), _provenance(out)
+    models = [("base", config.base_model, _locate(config.base_model, out, provenance, "base_model"))]
+    for i, expert in enumerate(config.experts):
+        ref = expert.source_model
+        models.append((f"{i}: {_short(ref)}", ref, _locate(ref, out, provenance, f"experts[{i}].source_model")))
+    return models
+
+
+def _score(folder: Path, items, sets: int, load: LoadOptions, pad_id: int, progress: Progress, label: str):
+    """[(summed next-token loss, scored tokens)] per dataset for the model in `folder`; padding never counts."""
+    import torch
+    from torch.nn.functional import cross_entropy
+
+    totals = [[0.0, 0] for _ in range(sets)]
+    done, total = 0, sum(len(ids) for _, ids in items)
+    with loaded_model(folder, load, causal_lm=True) as model, torch.inference_mode():
+        vocab = model.get_input_embeddings().num_embeddings
+        if max(max(ids) for _, ids in items) >= vocab:
+            raise ConfigError(f"{folder}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; it cannot "
+                              "be scored on the same tokens")  # fmt: skip
+        for chunk in chunks(items, EVAL_TOKENS):
+            inputs = left_padded(chunk, pad_id, input_device(model))
+            logits = model(**inputs, use_cache=False).logits  # (rows, width, vocab)
+            ids, real = inputs["input_ids"].to(logits.device), inputs["attention_mask"].to(logits.device).bool()
+            scored = real[:, :-1] & real[:, 1:]  # position t predicts token t+1; both must be real
+            for row, (d, _) in enumerate(chunk):
+                picked = scored[row]
+                loss = cross_entropy(logits[row, :-1][picked].float(), ids[row, 1:][picked], reduction="sum")
+                totals[d][0] += float(loss.double())
+                totals[d][1] += int(picked.sum())
+            done += sum(len(ids) for _, ids in chunk)
+            progress(label, done, total)
+        del model
+    free_memory()
+    return totals
+
+
+def _window(out: Path) -> int:
+    try:
+        positions = json.loads((out / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        positions = None
+    return min(DEFAULT_WINDOW, positions) if isinstance(positions, int) and positions >= 2 else DEFAULT_WINDOW
+
+
+def evaluate(out: Path, *, datasets: list[Dataset], compare: bool, max_tokens: int | None, load: LoadOptions,
+             progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+    """Score OUT (and with `compare` its base and experts, one model loaded at a time) on every dataset."""
+    progress = progress or (lambda stage, done, total: None)
+    if not (out / "config.json").is_file():
+        raise ConfigError(f"{out}: not a merged model (no config.json)")
+    models = [*(compared_models(out) if compare else []), ("MoE", str(out), out)]
+    tokenizer, window = load_tokenizer(out, load), _window(out)
+    items = []
+    for d, dataset in enumerate(datasets):
+        found = windows(tokenizer, dataset.texts, window=window, max_tokens=max_tokens)
+        if not found:
+            raise ConfigError(f"dataset {dataset.name} ({dataset.source}): too short to evaluate (needs 2 tokens)")
+        items += [(d, ids) for ids in found]
+    scores: dict[Path, list] = {}
+    for name, _, folder in [models[-1], *models[:-1]]:  # the MoE first: a broken OUT fails before anything else
+        if folder not in scores:
+            log.info("evaluating %s (%s)", name, folder)
+            scores[folder] = _score(folder, items, len(datasets), load, tokenizer.pad_token_id or 0, progress, name)
+    rows = []
+    for d, dataset in enumerate(datasets):
+        loss = {name: scores[folder][d][0] / scores[folder][d][1] for name, _, folder in models}
+        rows.append({"name": dataset.name, "source": dataset.source, "windows": sum(1 for i, _ in items if i == d),
+                     "tokens": scores[out][d][1], "loss": loss,
+                     "perplexity": {n: math.exp(v) if v < 700 else None for n, v in loss.items()},
+                     "best": min(loss, key=loss.get)})  # fmt: skip
+    return {"window": window, "max_tokens": max_tokens,
+            "models": [{"name": name, "model": ref, "path": str(folder)} for name, ref, folder in models],
+            "datasets": rows}  # fmt: skip
+
+
+def write_results(result: dict[str, Any], out: Path) -> list[Path]:
+    """eval.json, eval.png and the card's evaluation section (replaced, never duplicated, on a rerun)."""
+    paths = [out / EVAL_JSON, out / EVAL_PNG]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n")
+    charts.save(charts.eval_figure(result), paths[1])
+    card.update_card(out, "eval", card.eval_section(result))
+    return paths
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Rows: datasets; columns: the models; cells `loss (perplexity)`, the best loss starred."""
+    names = [m["name"] for m in result["models"]]
+    width = max([len(d["name"]) for d in result["datasets"]] + [7])
+
+    def cell(d, n):
+        ppl = d["perplexity"][n]
+        star = "*" if d["best"] == n and len(names) > 1 else " "
+        return f"{d['loss'][n]:.3f} ({'inf' if ppl is None else format(ppl, '.2f')}){star}"
+
+    columns = [max(len(n), *(len(cell(d, n)) for d in result["datasets"])) for n in names]
+    lines = ["dataset".ljust(width) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, columns)) + "  tokens"]
+    for d in result["datasets"]:
+        cells = "  ".join(cell(d, n).rjust(w) for n, w in zip(names, columns))
+        lines.append(d["name"].ljust(width) + "  " + cells + f"  {d['tokens']:>6,}")
+    best = "; * = lowest loss" if len(names) > 1 else ""
+    lines.append(f"(mean next-token loss (perplexity) over windows of {result['window']} tokens{best})")
+    return "\n".join(lines)
