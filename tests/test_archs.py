@@ -123,6 +123,12 @@ CHOICES = [
         "qwen3_moe: takes qwen3 models, not 'phi'", "deepseek: takes llama or mistral models, not 'phi'"]),
     ({"model_type": "qwen2"}, "mixtral", 0, None, ["mixtral: takes llama or mistral or phi3 models, not 'qwen2'"]),
     ({"model_type": "phi3"}, None, 0, "mixtral", []),
+    ({"model_type": "qwen3", "attention_bias": True}, None, 0, "qwen3_moe", []),
+    ({"model_type": "llama", "head_dim": 16}, "qwen2_moe", 0, "qwen2_moe", []),
+    ({"model_type": "llama", "head_dim": 16}, "deepseek", 0, None, [
+        "deepseek: derives head_dim from hidden_size / heads, but the base sets head_dim 16"]),
+    ({"model_type": "mistral", "sliding_window": 64}, "deepseek", 0, None, [
+        "deepseek: has no sliding-window attention, but the base uses a 64-token sliding window on every layer"]),
     ({"model_type": "qwen3"}, None, 1, None, [
         "mixtral: takes llama or mistral or phi3 models, not 'qwen3'", "mixtral: takes no shared experts, the config gives 1",
         "qwen2_moe: takes qwen2 or llama or mistral models, not 'qwen3'",

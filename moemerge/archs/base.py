@@ -93,6 +93,8 @@ def common_config(base: dict[str, Any], *, dtype: str) -> dict[str, Any]:
     dropped = ("auto_map", "rope_scaling", "rope_theta", "partial_rotary_factor", "torch_dtype", "dtype")
     config = {k: v for k, v in full.items() if k not in dropped}
     rope = dict(full["rope_parameters"])
+    if rope.get("partial_rotary_factor") == 1.0:
+        del rope["partial_rotary_factor"]  # every dimension rotates: the only value an output accepts
     config["rope_parameters"] = rope
     config["rope_theta"] = rope["rope_theta"]
     if rope["rope_type"] != "default":  # 4.x and DeepSeek's remote code read rope_scaling["type"]

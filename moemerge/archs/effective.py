@@ -91,8 +91,8 @@ def _deepseek(config: dict[str, Any]) -> Any:
 
 def full_dict(config: dict[str, Any]) -> dict[str, Any]:
     """The config.json with every field of its class at its effective value (defaults and derived values included)."""
-    full = read(config).to_dict()
-    return {**config, **{k: v for k, v in full.items() if k not in GENERIC_KEYS}}
+    merged = {**config, **read(config).to_dict()}
+    return {k: v for k, v in merged.items() if k not in GENERIC_KEYS}
 
 
 def _flag(cfg: Any, spec: str | bool) -> bool:
