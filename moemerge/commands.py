@@ -136,6 +136,7 @@ def plan(
     load_in_8bit: Load8Opt = False,
     allow_same_experts: AllowSameOpt = False,
     allow_crimes: AllowCrimesOpt = False,
+    trust_remote_code: RemoteOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
@@ -145,7 +146,7 @@ def plan(
     from moemerge.pipeline import MergeOptions, prepare
 
     setup_logging(verbose, quiet)
-    load = load_options(device, load_in_4bit, load_in_8bit, False, None)
+    load = load_options(device, load_in_4bit, load_in_8bit, trust_remote_code, None)
     options = MergeOptions(out_shard_size=parse_size(out_shard_size), allow_crimes=allow_crimes,
                            allow_same_experts=allow_same_experts, load=load)  # fmt: skip
     prepared = prepare(config, None, options)

@@ -20,7 +20,7 @@ from moemerge.errors import (
     OutputError,
     problems_error,
 )
-from moemerge.gates import GateContext, compute_routers
+from moemerge.gates import GateContext, compute_routers, hidden
 from moemerge.loading import LoadOptions
 from moemerge.models import open_models, output_dtype
 from moemerge.plan import ExpertSpec, Plan, build_plan
@@ -82,7 +82,8 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     ]
     problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
     problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
-    problems += checks.check_tokenizer(base, config.gate_mode)
+    # the hidden-state pass's own checks (device, prompt lengths) need the tokenizer that check_tokenizer vouches for
+    problems += checks.check_tokenizer(base, config.gate_mode) or hidden.check_inputs(config, base, options.load)
     if out is not None:
         problems += checks.check_out_is_not_a_source(out, [base, *experts, *shared])
     arch, reasons = choose_architecture(config.architecture, base.config, set(base.tensors), num_shared=len(shared))

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from moemerge.config import ExpertConfig
+from moemerge.errors import ConfigError
 from moemerge.loading import LoadOptions
 from moemerge.sources import ModelSource
 
@@ -31,9 +32,7 @@ class GateContext:
 
     @cached_property
     def tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.base.path))
+        return base_tokenizer(self.base, self.load)
 
     def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each prompt as SPEC section 6 tokenises it: BOS text + prompt, no other special tokens."""
@@ -42,6 +41,19 @@ class GateContext:
 
 
 GateFn = Callable[[GateContext], Any]
+
+
+def base_tokenizer(base: ModelSource, load: LoadOptions) -> Any:
+    """The base's tokenizer, loaded with the --trust-remote-code value: never transformers' y/N prompt."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(base.path), trust_remote_code=load.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(f"base_model '{base.ref}': its tokenizer needs its own Python code; rerun with "
+                          "--trust-remote-code if you trust it") from None  # fmt: skip
 
 
 def _registry() -> dict[str, GateFn]:

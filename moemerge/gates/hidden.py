@@ -9,11 +9,40 @@ from __future__ import annotations
 import logging
 
 from moemerge.batching import chunks, left_padded
-from moemerge.errors import IncompatibleModelsError
+from moemerge.errors import ConfigError, IncompatibleModelsError
 from moemerge.loading import free_memory, input_device, loaded_model
 
 log = logging.getLogger(__name__)
 HIDDEN_BUDGET_BYTES = 512 * 1024**2  # hidden states kept for one chunk of prompts
+
+
+def check_inputs(config, base, load) -> list[str]:
+    """What would stop the hidden-state pass, found before any work (`plan` runs this too): a --device without
+    its GPU, and prompts that tokenise to nothing or run past the base's positions, each named by its place."""
+    from moemerge.gates import base_tokenizer
+    from moemerge.loading import check_device
+
+    if config.gate_mode not in ("hidden", "hidden_avg") or not base.has_files:
+        return []
+    try:
+        check_device(load)
+    except ConfigError as exc:
+        return [str(exc)]
+    tokenizer = base_tokenizer(base, load)
+    bos, limit = tokenizer.bos_token or "", base.config.get("max_position_embeddings")
+    problems = []
+    for group, entries in (("experts", config.experts), ("shared_experts", config.shared_experts or [])):
+        for i, expert in enumerate(entries):
+            for key in ("positive_prompts", "negative_prompts"):
+                for j, prompt in enumerate(getattr(expert, key) or []):
+                    length = len(tokenizer(bos + prompt, add_special_tokens=False)["input_ids"])
+                    where = f"{group}[{i}].{key}[{j}]"
+                    if length == 0:
+                        problems.append(f"{where}: tokenises to nothing and the tokenizer has no BOS token; drop it")
+                    elif isinstance(limit, int) and length > limit:
+                        problems.append(f"{where}: {length} tokens, more than the base model's "
+                                        f"max_position_embeddings ({limit}); shorten it")  # fmt: skip
+    return problems
 
 
 def compute_last(context):
