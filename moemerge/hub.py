@@ -126,7 +126,8 @@ def fetch_adapter(ref: str) -> tuple[Path, str | None]:
         config = _download(repo_id, ADAPTER_CONFIG, revision, optional=False)
         commit = config.parent.name
         if not any(_download(repo_id, name, commit) is not None for name in ADAPTER_WEIGHTS):  # stops at the first
-            raise SourceError(f"adapter '{ref}' has no {' or '.join(ADAPTER_WEIGHTS)} on the Hub")
+            where = "in the Hugging Face cache (HF_HUB_OFFLINE=1 is set)" if _offline() else "on the Hub"
+            raise SourceError(f"adapter '{ref}' has no {' or '.join(ADAPTER_WEIGHTS)} {where}")
     except SourceError:
         raise
     except RemoteEntryNotFoundError:

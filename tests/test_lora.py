@@ -214,11 +214,12 @@ def test_folder_with_plus_in_its_name_is_a_model(models, write_config, cli, tmp_
                        all_tensors(plus)["model.layers.0.mlp.gate_proj.weight"])  # fmt: skip
 
 
-def hub_run(args, *, endpoint, home):
+def hub_run(args, *, endpoint, home, offline=False):
     """`python -m moemerge ARGS` in a child process against the Hub stand-in (huggingface_hub reads HF_ENDPOINT at
     import)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", HF_ENDPOINT=endpoint)
+    env.update(HF_HUB_OFFLINE="1" if offline else "0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
+               HF_ENDPOINT=endpoint)  # fmt: skip
     return subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], env=env, capture_output=True,
                           text=True, check=False)  # fmt: skip
 
@@ -241,6 +242,10 @@ def test_hub_adapter_downloads_only_adapter_files(models, tmp_path):
         assert result.returncode == 0, result.stderr
         assert hub.downloaded("org/adapter") == {"adapter_config.json", "adapter_model.safetensors"}
         assert not any(name.startswith("tokenizer") for name in hub.downloaded("org/base"))
+        count = len(hub.requests)  # a rerun offline takes both sides from the user's cache
+        again = hub_run([config, tmp_path / "again", "-q"], endpoint=hub.url, home=tmp_path / "hf", offline=True)
+        assert again.returncode == 0, again.stderr
+        assert len(hub.requests) == count
     resolved = (tmp_path / "out" / "moemerge.yml").read_text()
     assert "model: org/adapter@v1" in resolved and "lora_on: org/base" in resolved
     assert resolved.count(f"revision: {COMMIT}") == 2  # the model side and the adapter, each with its commit
