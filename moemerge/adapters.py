@@ -70,8 +70,11 @@ class LoraSource(ModelSource):
             return weight
         if self._a is None or self._a[0] != lora.a:  # A (rank, in) is small; keep it while a tensor's rows stream
             self._a = (lora.a, self.adapter.read(lora.a).float())
-        # W[rows] + scale * (B[rows] @ A): (rows, in) + (rows, rank) @ (rank, in), in place, no (rows, in) temporary
-        return weight.float().addmm_(self.adapter.read(lora.b, rows).float(), self._a[1], alpha=lora.scale)
+        import torch
+
+        # W[rows] + scale * (B[rows] @ A): (rows, in) + (rows, rank) @ (rank, in) in one fused step, no temporary for
+        # B @ A; not in place, since read() does not promise a private buffer
+        return torch.addmm(weight.float(), self.adapter.read(lora.b, rows).float(), self._a[1], alpha=lora.scale)
 
     def byte_range(self, name: str, rows: slice | None = None):
         """Weights the adapter leaves alone are the model side's bytes, copied as stored."""
