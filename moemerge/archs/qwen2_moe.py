@@ -28,6 +28,8 @@ def build_config(base: dict[str, Any], shape: MoeShape) -> dict[str, Any]:
         layer_types=["full_attention" if w is None else "sliding_attention" for w in windows],
         use_sliding_window=bool(sliding),
         sliding_window=sliding[0] if sliding else None,
+        # 4.x readers slide on layers >= max_window_layers: the same layers when the sliding ones are the last
+        max_window_layers=next((i for i, w in enumerate(windows) if w is not None), len(windows)),
     )
     config.update(
         architectures=["Qwen2MoeForCausalLM"],
