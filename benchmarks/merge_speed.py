@@ -1,11 +1,15 @@
-"""Merge speed and memory against `cp` of the same input bytes.
+"""Merge speed and memory against the floor: the same bytes moved without moemerge.
 
-Builds a base and 4 experts of a realistic (Llama-like, bfloat16) shape at each --size-mb, runs a cheap_embed merge
-in a subprocess, and prints wall time, the time `cp` takes to copy the input weight files, their ratio, and the
-merge's peak RSS. Targets: ratio <= 1.5, peak RSS < 1 GiB at every size (it must not grow with model size), and
-`moemerge --help` under 1 s.
+Builds a base and 4 experts (bfloat16), then runs, interleaved (--reps rounds, each in a fresh subprocess): a
+`cheap_embed` merge; an in-kernel copy (`os.copy_file_range`, then fsync) of exactly the bytes the merge must read
+(the base's non-MLP tensors, each expert's MLP tensors) into one file; `cp -r` of the input folders; and
+mergekit-moe when it is installed. Prints each time, the ratios, and peak RSS.
 
-    python benchmarks/merge_speed.py --size-mb 300 1200
+Small set (default): Llama-like models of 340 MB (8 layers), 750 MB written; target: merge <= 1.3x `cp -r`.
+Large set (--large, about 25 GB of disk): Mistral-like, hidden 2048, intermediate 8192, 16 layers, 2.2 GB per model
+in 2 GB shards; target: merge <= 1.5x the in-kernel copy, peak RSS < 1 GiB.
+
+    python benchmarks/merge_speed.py [--large] [--reps 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,103 +27,174 @@ from pathlib import Path
 
 import yaml
 
-HIDDEN, INTERMEDIATE, VOCAB = 1024, 2816, 32000
+NAMES = ["base", "chat", "code", "story", "math"]
+SETS = {  # family, hidden, intermediate, layers, kv heads, vocab, shard bytes
+    "small": ("llama", 1024, 2816, 8, 16, 32000, 500 * 10**6),
+    "large": ("mistral", 2048, 8192, 16, 4, 32000, 2 * 10**9),
+}
+LARGE_DISK = 25 * 10**9
 
 
-def layer_count(size_mb: int) -> int:
-    per_layer = (4 * HIDDEN * HIDDEN + 3 * HIDDEN * INTERMEDIATE) * 2
-    return max(1, (size_mb * 10**6 - 2 * VOCAB * HIDDEN * 2) // per_layer)
-
-
-def write_model(folder: Path, layers: int, seed: int) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from moemerge import tiny
-
-    folder.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return (torch.randn(shape, generator=generator) * 0.02).to(torch.bfloat16)
-
-    shards, current = [], {}
-    current["model.embed_tokens.weight"] = rand(VOCAB, HIDDEN)
+def tensors(hidden: int, intermediate: int, layers: int, kv_heads: int, vocab: int, heads: int = 16):
+    """(name, shape) of a Llama-like model in safetensors order."""
+    kv = hidden // heads * kv_heads
+    yield "model.embed_tokens.weight", (vocab, hidden)
     for layer in range(layers):
         p = f"model.layers.{layer}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            current[p + f"self_attn.{name}.weight"] = rand(HIDDEN, HIDDEN)
-        current[p + "mlp.gate_proj.weight"] = rand(INTERMEDIATE, HIDDEN)
-        current[p + "mlp.up_proj.weight"] = rand(INTERMEDIATE, HIDDEN)
-        current[p + "mlp.down_proj.weight"] = rand(HIDDEN, INTERMEDIATE)
-        current[p + "input_layernorm.weight"] = torch.ones(HIDDEN, dtype=torch.bfloat16)
-        current[p + "post_attention_layernorm.weight"] = torch.ones(HIDDEN, dtype=torch.bfloat16)
-        if sum(t.numel() * 2 for t in current.values()) > 500 * 10**6:
-            shards.append(current)
-            current = {}
-    current["model.norm.weight"] = torch.ones(HIDDEN, dtype=torch.bfloat16)
-    current["lm_head.weight"] = rand(VOCAB, HIDDEN)
-    shards.append(current)
-    weight_map = {}
+        yield from [(p + "self_attn.q_proj.weight", (hidden, hidden)), (p + "self_attn.k_proj.weight", (kv, hidden)),
+                    (p + "self_attn.v_proj.weight", (kv, hidden)), (p + "self_attn.o_proj.weight", (hidden, hidden)),
+                    (p + "mlp.gate_proj.weight", (intermediate, hidden)), (p + "mlp.up_proj.weight", (intermediate, hidden)),
+                    (p + "mlp.down_proj.weight", (hidden, intermediate)), (p + "input_layernorm.weight", (hidden,)),
+                    (p + "post_attention_layernorm.weight", (hidden,))]  # fmt: skip
+    yield "model.norm.weight", (hidden,)
+    yield "lm_head.weight", (vocab, hidden)
+
+
+def write_model(folder: Path, spec: tuple, seed: int) -> None:
+    """Sharded safetensors of random bfloat16 weights (normal * 0.02), streamed from a 64 MB random pool."""
+    import numpy as np
+
+    from moemerge import tiny
+    from moemerge.writer import header_bytes
+
+    family, hidden, intermediate, layers, kv_heads, vocab, shard_bytes = spec
+    folder.mkdir(parents=True)
+    pool = (np.random.default_rng(seed).standard_normal(32 * 2**20, dtype=np.float32) * 0.02).view(np.uint32)
+    pool = (pool >> 16).astype(np.uint16).tobytes()  # bfloat16 = the float32's upper half
+    shards: list[list] = [[]]
+    for name, shape in tensors(hidden, intermediate, layers, kv_heads, vocab):
+        size = 2 * (shape[0] * (shape[1] if len(shape) > 1 else 1))
+        if shards[-1] and sum(s for _, _, s in shards[-1]) + size > shard_bytes:
+            shards.append([])
+        shards[-1].append((name, shape, size))
+    weight_map, at = {}, 0
     for k, shard in enumerate(shards):
-        name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / name, metadata={"format": "pt"})
-        weight_map.update({t: name for t in shard})
+        filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        with open(folder / filename, "wb") as fh:
+            fh.write(header_bytes([(name, "bfloat16", shape) for name, shape, _ in shard]))
+            for name, _, size in shard:
+                weight_map[name] = filename
+                while size:
+                    piece = pool[at : at + size]
+                    fh.write(piece)
+                    size -= len(piece)
+                    at = (at + len(piece)) % len(pool)
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = tiny.model_config("llama", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                               num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=16,
+    config = tiny.model_config(family, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                               num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=kv_heads,
                                max_position_embeddings=4096).to_dict()  # fmt: skip
-    config.update(dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    config.update(dtype="bfloat16", architectures=[f"{family.capitalize()}ForCausalLM"])
     (folder / "config.json").write_text(json.dumps(config))
     tiny.make_tokenizer(folder)
+
+
+def kernel_copy(root: Path, out: Path) -> None:
+    """The floor: copy exactly the bytes the merge reads (base: all but the MLPs; experts: the MLPs) into one file."""
+    from moemerge.sources import read_safetensors_header
+
+    with open(out, "wb") as dst:
+        for name in NAMES:
+            for file in sorted((root / name).glob("*.safetensors")):
+                src = os.open(file, os.O_RDONLY)
+                for tensor, info in read_safetensors_header(file).items():
+                    if (".mlp." in tensor) == (name != "base"):
+                        nbytes = 2 * (info.shape[0] * (info.shape[1] if len(info.shape) > 1 else 1))
+                        done = 0
+                        while done < nbytes:
+                            copied = os.copy_file_range(src, dst.fileno(), nbytes - done, info.offset + done)
+                            if copied == 0:
+                                raise SystemExit(f"{file}: ended early")
+                            done += copied
+                os.close(src)
+        os.fsync(dst.fileno())
 
 
 def timed(command: list[str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of one subprocess."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}")
+        raise SystemExit(f"failed: {' '.join(command)}\n{proc.stderr.read().decode()[-2000:]}")
     return elapsed, usage.ru_maxrss * 1024
 
 
-def run(size_mb: int, root: Path) -> None:
-    layers = layer_count(size_mb)
-    names = ["base", "chat", "code", "story", "math"]
-    # models are built in a child process: ru_maxrss is inherited across fork, so this process must stay small
-    timed([sys.executable, __file__, "--build", str(root), str(layers), *names])
+def contenders(root: Path) -> dict[str, tuple[list[str], Path]]:
+    """name -> (command, what it writes, removed after each run)."""
+    me = [sys.executable, __file__]
+    out = {
+        "moemerge": ([sys.executable, "-m", "moemerge", str(root / "config.yaml"), str(root / "out"), "-q"],
+                     root / "out"),
+        "kernel copy": ([*me, "--kernel-copy", str(root), str(root / "copy.bin")], root / "copy.bin"),
+        "cp -r": (["cp", "-r", *(str(root / n) for n in NAMES), str(root / "cp")], root / "cp"),
+    }  # fmt: skip
+    if shutil.which("mergekit-moe"):
+        out["mergekit-moe"] = (["mergekit-moe", str(root / "config.yaml"), str(root / "mk")], root / "mk")
+    return out
+
+
+def run(which: str, root: Path, reps: int) -> None:
+    spec = SETS[which]
+    timed([sys.executable, __file__, "--build", which, str(root)])  # a child: ru_maxrss is inherited across fork
     config = {"base_model": str(root / "base"), "gate_mode": "cheap_embed", "experts": [
-        {"source_model": str(root / n), "positive_prompts": [f"{n} prompt number one", f"about {n}"]} for n in names[1:]
+        {"source_model": str(root / n), "positive_prompts": [f"{n} prompt number one", f"about {n}"]} for n in NAMES[1:]
     ]}  # fmt: skip
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    in_bytes = sum(f.stat().st_size for n in names for f in (root / n).glob("*.safetensors"))
     (root / "cp").mkdir()
-    cp_s, _ = timed(["cp", "-r", *(str(root / n) for n in names), str(root / "cp")])
-    shutil.rmtree(root / "cp")
-    merge_s, rss = timed([sys.executable, "-m", "moemerge", str(root / "config.yaml"), str(root / "out"), "-q"])
-    out_bytes = sum(f.stat().st_size for f in (root / "out").glob("*.safetensors"))
-    print(f"model {size_mb} MB ({layers} layers): inputs {in_bytes / 1e9:.2f} GB, output {out_bytes / 1e9:.2f} GB | "
-          f"merge {merge_s:.2f} s, cp {cp_s:.2f} s, ratio {merge_s / cp_s:.2f} | peak RSS {rss / 2**20:.0f} MiB",
-          flush=True)  # fmt: skip
+    runs = contenders(root)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    rss: dict[str, int] = {}
+    for rep in range(reps):
+        order = list(runs)[rep % len(runs) :] + list(runs)[: rep % len(runs)]  # rotate who goes first
+        for name in order:
+            command, output = runs[name]
+            seconds, peak = timed(command)
+            times[name].append(seconds)
+            rss[name] = max(rss.get(name, 0), peak)
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+            if name == "cp -r":
+                output.mkdir()
+    written = sum(f.stat().st_size for n in NAMES for f in (root / n).glob("*.safetensors"))
+    print(f"\n{which} set ({spec[0]}-like, hidden {spec[1]}, intermediate {spec[2]}, {spec[3]} layers, bfloat16): "
+          f"inputs {written / 1e9:.2f} GB, {reps} interleaved rounds")  # fmt: skip
+    for name, seconds in times.items():
+        print(
+            f"  {name:13s} " + ", ".join(f"{s:6.2f}" for s in seconds) + f" s   peak RSS {rss[name] / 2**20:5.0f} MiB"
+        )
+    for floor in ("kernel copy", "cp -r"):
+        ratios = [m / f for m, f in zip(times["moemerge"], times[floor], strict=True)]
+        print(f"  moemerge / {floor:11s}: " + ", ".join(f"{r:.2f}" for r in ratios) +
+              f" (median {statistics.median(ratios):.2f})")  # fmt: skip
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--build"]:
-        root, layers, names = Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-        for i, name in enumerate(names):
-            write_model(root / name, layers, seed=i)
+        for i, name in enumerate(NAMES):
+            write_model(Path(sys.argv[3]) / name, SETS[sys.argv[2]], seed=i)
         return
+    if sys.argv[1:2] == ["--kernel-copy"]:
+        return kernel_copy(Path(sys.argv[2]), Path(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, nargs="+", default=[300, 1200], help="size of each model, MB")
+    parser.add_argument("--large", action="store_true", help="also the large set (about 25 GB of disk)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved rounds per set")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the models (default: a temp dir)")
     args = parser.parse_args()
-    help_s, _ = timed([sys.executable, "-m", "moemerge", "--help"])
-    print(f"moemerge --help: {help_s:.2f} s")
-    for size in args.size_mb:
+    if args.workdir is not None:
+        if args.workdir.exists() and not args.workdir.is_dir():
+            parser.error(f"--workdir {args.workdir}: exists and is not a folder")
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    for verb in (["--help"], ["plan", "--help"]):
+        print(f"moemerge {' '.join(verb)}: {timed([sys.executable, '-m', 'moemerge', *verb])[0]:.2f} s")
+    for which in ["small"] + (["large"] if args.large else []):
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            run(size, Path(tmp))
+            free = shutil.disk_usage(tmp).free
+            if which == "large" and free < LARGE_DISK:
+                raise SystemExit(f"--large: {tmp} has {free / 1e9:.0f} GB free, needs {LARGE_DISK / 1e9:.0f} GB")
+            run(which, Path(tmp), args.reps)
+            if which == "small":
+                plan_s, _ = timed([sys.executable, "-m", "moemerge", "plan", str(Path(tmp) / "config.yaml")])
+                print(f"moemerge plan CONFIG (small set): {plan_s:.2f} s")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,32 @@ def test_overwrite_replaces_and_leaves_no_temp(models, write_config, cli, tmp_pa
 ])  # fmt: skip
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
+
+
+def test_writer_copies_byte_ranges_and_writes_tensors(tmp_path):
+    """The writer knows no plan: a tensor's chunks may mix in-memory tensors and byte ranges of any file."""
+    from safetensors.torch import load_file, save_file
+
+    from moemerge.sources import ByteRange, read_safetensors_header
+    from moemerge.writer import ShardLayout, write_shards
+
+    source = {"w": torch.randn(6, 5), "b": torch.arange(7, dtype=torch.int64)}
+    save_file(source, str(tmp_path / "src.safetensors"))
+    info = read_safetensors_header(tmp_path / "src.safetensors")
+    rows = 5 * 4  # bytes per row of w
+
+    def stream():
+        w = info["w"]
+        yield "w", iter([ByteRange(w.file, w.offset, 2 * rows, "float32"), source["w"][2:4],
+                         ByteRange(w.file, w.offset + 4 * rows, 2 * rows, "float32")])  # fmt: skip
+        yield "b", iter([ByteRange(info["b"].file, info["b"].offset, 7 * 8, "int64")])
+        yield "z", iter([torch.zeros(3, dtype=torch.bfloat16)])
+
+    layouts = [ShardLayout("a.safetensors", [("w", "float32", (6, 5)), ("b", "int64", (7,))]),
+               ShardLayout("b.safetensors", [("z", "bfloat16", (3,))])]  # fmt: skip
+    write_shards(tmp_path, layouts, stream())
+    out = load_file(str(tmp_path / "a.safetensors"))
+    assert torch.equal(out["w"], source["w"]) and torch.equal(out["b"], source["b"])
+    assert torch.equal(load_file(str(tmp_path / "b.safetensors"))["z"], torch.zeros(3, dtype=torch.bfloat16))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {"b": "a.safetensors", "w": "a.safetensors", "z": "b.safetensors"}
