@@ -159,7 +159,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"expert {i}: {e['model']} ({len(pos)} positive, {len(neg)} negative prompts)")
         if a := e["adapter"]:
             lines.append(f"    LoRA adapter {a['model']} ({card.ranks(a['ranks'])}; {', '.join(a['targets'])}), "
-                         f"{a['read_bytes']:,} extra bytes read")  # fmt: skip
+                         f"{_size(a['read_bytes'])} more to read")  # fmt: skip
         lines += [f"    + {_clip(p)}" for p in pos[:3]] + ([f"    + ... {len(pos) - 3} more"] if len(pos) > 3 else [])
         lines += [f"    - {_clip(p)}" for p in neg[:3]] + ([f"    - ... {len(neg) - 3} more"] if len(neg) > 3 else [])
     lines += [f"shared expert: {m}" for m in s["shared_experts"]]

@@ -147,9 +147,13 @@ def test_plan_shows_adapter_experts(models, write_config, cli, tmp_path):
                            "experts": [{"source_model": f"{base}+{adapter}"}, {"source_model": str(base)}]})  # fmt: skip
     code, out, err = cli("plan", config)
     assert code == 0, err
+    assert f"LoRA adapter {adapter} (rank 2-4; down_proj, gate_proj, up_proj), 7.68 KB more to read" in out
+    code, out, err = cli("plan", config, "--json")
+    assert code == 0, err
+    lora = json.loads(out)["experts"][0]["adapter"]
     # per layer: gate and up (rank 4: A 4x32, B 64x4) and down (rank 2: A 2x64, B 32x2), float32, two layers
-    extra = 2 * 4 * (2 * (4 * 32 + 64 * 4) + (2 * 64 + 32 * 2))
-    assert f"LoRA adapter {adapter} (rank 2-4; down_proj, gate_proj, up_proj), {extra:,} extra bytes read" in out
+    assert lora["read_bytes"] == 2 * 4 * (2 * (4 * 32 + 64 * 4) + (2 * 64 + 32 * 2)) == 7680
+    assert lora["ranks"] == [2, 4] and lora["ignored"] == ["self_attn.q_proj", "self_attn.v_proj"]
 
 
 def _bad(models, tmp_path, case):
