@@ -173,6 +173,10 @@ def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> 
             entry = dict(entry) if isinstance(entry, dict) else entry
             for key in PROMPT_FIELDS if isinstance(entry, dict) else ():
                 if isinstance(entry.get(key), str):
+                    if not (base_dir / entry[key]).exists():  # most often one prompt written without the list
+                        problems.append(f"{source}: {group}[{i}].{key}: prompt file {entry[key]!r} not found (relative "
+                                        f"to the config); write a single prompt as a list: {key}: [{entry[key]!r}]")  # fmt: skip
+                        continue
                     try:
                         entry[key] = read_prompt_file(base_dir / entry[key])
                     except ConfigError as exc:
@@ -189,8 +193,7 @@ def read_prompt_file(path: Path) -> list[str]:
     try:
         lines = read_text_file(path, MAX_PROMPT_FILE_BYTES, "prompt file").splitlines()
     except FileNotFoundError:
-        raise ConfigError(f"prompt file {str(path)!r} not found; give a list of prompts or a text file "
-                          "with one prompt per line (paths are relative to the config)") from None  # fmt: skip
+        raise ConfigError(f"prompt file {str(path)!r} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read prompt file {str(path)!r} ({exc.__class__.__name__})") from None
     prompts = [line.strip() for line in lines if line.strip()]

@@ -5,6 +5,7 @@ a broken folder."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,29 +22,33 @@ SINGLE = "model.safetensors"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
-def check_files(folder: Path) -> tuple[dict[str, TensorInfo], list[str]]:
-    """Every tensor in the weight files, and what is wrong with the files and the index."""
+def check_files(folder: Path) -> tuple[dict[str, TensorInfo], list[str], set[str]]:
+    """Every tensor in the weight files, what is wrong with the files and the index, and the weight files that are
+    missing or unreadable."""
     if (folder / INDEX).is_file():
         try:
             weight_map = read_json(folder / INDEX)["weight_map"]
             assert isinstance(weight_map, dict)
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
-            return {}, [f"{INDEX}: not a valid index (needs a `weight_map` object)"]
+            return {}, [f"{INDEX}: not a valid index (needs a `weight_map` object)"], set()
         files = sorted(set(weight_map.values()))
     elif (folder / SINGLE).is_file():
         weight_map, files = None, [SINGLE]
     else:
-        return {}, [f"{folder}: no {SINGLE} or {INDEX}"]
+        return {}, [f"no {SINGLE} or {INDEX}"], set()
     tensors: dict[str, TensorInfo] = {}
     findings: list[str] = []
+    broken = set()  # missing or unreadable files: reported once, not once per tensor they should hold
     for name in files:
         if Path(name).name != name or not (folder / name).is_file():
             findings.append(f"{name}: listed in the index but missing")
+            broken.add(name)
             continue
         try:
             header = read_safetensors_header(folder / name)
         except SourceError as exc:
-            findings.append(str(exc))
+            findings.append(str(exc).replace(f"{folder}{os.sep}", ""))
+            broken.add(name)
             continue
         for tensor, info in header.items():
             if weight_map is not None and weight_map.get(tensor) != name:
@@ -51,10 +56,10 @@ def check_files(folder: Path) -> tuple[dict[str, TensorInfo], list[str]]:
             tensors.setdefault(tensor, info)
     if weight_map is not None:
         findings += [f"{INDEX}: '{t}' maps to {f}, which does not hold it" for t, f in weight_map.items()
-                     if t not in tensors and (folder / f).is_file()]  # fmt: skip
+                     if t not in tensors and f not in broken]  # fmt: skip
         stray = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in files)
         findings += [f"{name}: a weight file the index does not list" for name in stray]
-    return tensors, findings
+    return tensors, findings, broken
 
 
 def _arch(config: dict[str, Any]) -> OutputArch | None:
@@ -115,13 +120,15 @@ def check_census(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> list
 def check_structure(folder: Path) -> tuple[list[str], dict[str, Any], dict[str, TensorInfo]]:
     """The cheap checks (no tensor data read): files, index, census, config.
     Returns (findings, config, tensors) so that later checks need not read them again."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        return ["the folder is empty; give the folder a merge wrote"], {}, {}
     try:
         config = read_json(folder / "config.json")
         assert isinstance(config, dict)
     except (OSError, ValueError, AssertionError):
-        return [f"{folder}: config.json missing or not a JSON object"], {}, {}
-    tensors, findings = check_files(folder)
-    if tensors:
+        return ["config.json missing or not a JSON object; not a merged model"], {}, {}
+    tensors, findings, broken = check_files(folder)
+    if tensors and not broken:  # with a file missing or broken, the census would only echo that once per tensor
         findings += check_census(config, tensors)
     return findings, config, tensors
 

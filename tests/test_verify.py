@@ -108,4 +108,4 @@ def test_verify_usage_errors(cli, tmp_path):
     assert code == 2 and "no such folder" in err
     (tmp_path / "empty").mkdir()
     code, _, err = cli("verify", tmp_path / "empty")
-    assert code == 1 and "config.json missing" in err
+    assert code == 1 and "the folder is empty" in err
