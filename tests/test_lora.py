@@ -167,6 +167,8 @@ def _bad(models, tmp_path, case):
             make_adapter(base, folder, edit={"use_dora": True})
         case "LoHa":
             make_adapter(base, folder, edit={"peft_type": "LOHA"})
+        case "PiSSA":
+            make_adapter(base, folder, edit={"init_lora_weights": "pissa"})
         case "rank mismatch":
             make_adapter(base, folder, edit={"r": 8})
         case "another model":
@@ -182,6 +184,7 @@ BAD = {
     "missing adapter_config.json": "no adapter_config.json",
     "DoRA": "DoRA (use_dora) is not supported",
     "LoHa": "adapter type 'LOHA' is not supported",
+    "PiSSA": "init_lora_weights 'pissa' changes the base weights too",
     "rank mismatch": "adapter_config.json gives rank 8, its weights have rank 4",
     "another model": "the adapter was made for another model",
     "no MLP target": "it changes no MLP weight (it changes self_attn.q_proj, self_attn.v_proj)",
