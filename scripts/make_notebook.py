@@ -1,4 +1,7 @@
-"""Regenerate examples/moemerge_colab.ipynb (run from the repo root): the notebook is built here so it diffs well."""
+"""Regenerate examples/moemerge_colab.ipynb (run from the repo root): the notebook is built here so it diffs well,
+and the same script always writes the same bytes (tests/test_notebook.py checks the committed file)."""
+
+import sys
 
 import nbformat as nbf
 
@@ -68,7 +71,9 @@ print("device flags:", " ".join(device) or "(none: CPU)")
 
 
 def moemerge_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "moemerge", *map(str, args)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "moemerge", *map(str, args)], capture_output=True, text=True, check=False
+    )
     print(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"moemerge exited with {result.returncode}: see the message above")
@@ -111,8 +116,10 @@ if PUSH:
 else:
     print("push skipped: tick PUSH in the form to upload")""")
 )
+for number, cell in enumerate(cells):
+    cell.id = f"cell-{number:02d}"  # stable ids: the script reproduces the committed notebook byte for byte
 nb.cells = cells
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 nb.metadata["language_info"] = {"name": "python"}
 nb.metadata["colab"] = {"provenance": []}
-nbf.write(nb, "examples/moemerge_colab.ipynb")
+nbf.write(nb, sys.argv[1] if len(sys.argv) > 1 else "examples/moemerge_colab.ipynb")

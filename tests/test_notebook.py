@@ -30,3 +30,13 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert "averaged over 4 layers" in outputs and "Tiny-MoE: verified" in outputs
     assert "push skipped" in outputs
     assert (tmp_path / "Tiny-MoE" / "routing.png").is_file()
+
+
+def test_make_notebook_reproduces_the_committed_notebook(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    written = tmp_path / "notebook.ipynb"
+    subprocess.run([sys.executable, str(root / "scripts" / "make_notebook.py"), str(written)], check=True, cwd=root)
+    assert written.read_bytes() == NOTEBOOK.read_bytes()
