@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from moemerge import card, charts, hub
+from moemerge import card, charts
 from moemerge.batching import chunks, left_padded
+from moemerge.compared import Compared, compared_models, short, with_adapter
 from moemerge.config import MAX_PROMPT_FILE_BYTES, load_config, read_text_file
-from moemerge.errors import ConfigError, SourceError, problems_error
+from moemerge.errors import ConfigError, OutputError, problems_error
 from moemerge.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
 
 log = logging.getLogger(__name__)
@@ -66,15 +65,11 @@ def prompt_datasets(out: Path) -> list[Dataset]:
     if not (out / "moemerge.yml").is_file():
         raise ConfigError(f"{out}: no moemerge.yml with the experts' prompts; pass --data NAME=FILE")
     config = load_config(out / "moemerge.yml")
-    datasets = [Dataset(f"{i}: {_short(e.source_model)}", f"moemerge.yml experts[{i}].positive_prompts",
+    datasets = [Dataset(f"{i}: {short(e.source_model)}", f"moemerge.yml experts[{i}].positive_prompts",
                         list(e.positive_prompts)) for i, e in enumerate(config.experts) if e.positive_prompts]  # fmt: skip
     if not datasets:
         raise ConfigError(f"{out}: the experts have no positive_prompts to evaluate; pass --data NAME=FILE")
     return datasets
-
-
-def _short(ref: str) -> str:
-    return ref.rstrip("/").split("/")[-1] or ref
 
 
 def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None) -> list[list[int]]:
@@ -102,57 +97,18 @@ def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None)
     return out
 
 
-def _provenance(out: Path) -> dict[str, str]:
-    """Model reference -> the folder the merge read it from, from moemerge.yml's commented provenance block."""
-    lines = (out / "moemerge.yml").read_text(encoding="utf-8").split("# Provenance\n", 1)[1:]
-    block = "".join(line[2:] + "\n" for line in lines[0].splitlines() if line.startswith("# ")) if lines else ""
-    try:
-        sources = (yaml.safe_load(block) or {}).get("sources") or []
-        return {s["model"]: s["path"] for s in sources if isinstance(s, dict) and s.get("path")}
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
-        return {}
-
-
-def _locate(ref: str, out: Path, provenance: dict[str, str], field: str) -> Path:
-    """A model named in moemerge.yml: an absolute folder, one relative to OUT, the folder the merge read it from,
-    one relative to the current folder, or a Hub id (through the Hugging Face cache)."""
-    path = Path(ref).expanduser()
-    candidates = [path] if path.is_absolute() else [out / path, Path(provenance.get(ref, "/nonexistent")), path]
-    for candidate in candidates:
-        if (candidate / "config.json").is_file():
-            return candidate.resolve()
-    if hub.looks_like_hub_id(ref) and not ref.startswith((".", "/", "~")):
-        try:
-            return hub.fetch_model(ref, wanted=lambda _: True, side_files=False)[0]
-        except SourceError as exc:
-            raise SourceError(f"{out}/moemerge.yml: {field}: {exc}") from None
-    raise ConfigError(f"{out}/moemerge.yml: {field} {ref!r} is not a model folder (looked relative to {out} and to "
-                      "the current folder) nor a Hub id; --compare needs every model the merge read")  # fmt: skip
-
-
-def compared_models(out: Path) -> list[tuple[str, str, Path]]:
-    """(column name, reference, folder) for the base and each expert named in OUT/moemerge.yml."""
-    if not (out / "moemerge.yml").is_file():
-        raise ConfigError(f"{out}: no moemerge.yml naming the base and experts; --compare needs it")
-    config, provenance = load_config(out / "moemerge.yml"), _provenance(out)
-    models = [("base", config.base_model, _locate(config.base_model, out, provenance, "base_model"))]
-    for i, expert in enumerate(config.experts):
-        ref = expert.source_model
-        models.append((f"{i}: {_short(ref)}", ref, _locate(ref, out, provenance, f"experts[{i}].source_model")))
-    return models
-
-
-def _score(folder: Path, items, sets: int, load: LoadOptions, pad_id: int, progress: Progress, label: str):
-    """[(summed next-token loss, scored tokens)] per dataset for the model in `folder`; padding never counts."""
+def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int, progress: Progress):
+    """[(summed next-token loss, scored tokens)] per dataset for one model; padding never counts."""
     import torch
     from torch.nn.functional import cross_entropy
 
     totals = [[0.0, 0] for _ in range(sets)]
     done, total = 0, sum(len(ids) for _, ids in items)
-    with loaded_model(folder, load, causal_lm=True) as model, torch.inference_mode():
+    with loaded_model(model_ref.folder, load, causal_lm=True) as loaded, torch.inference_mode():
+        model = with_adapter(loaded, model_ref.adapter)
         vocab = model.get_input_embeddings().num_embeddings
         if max(max(ids) for _, ids in items) >= vocab:
-            raise ConfigError(f"{folder}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; it cannot "
+            raise ConfigError(f"{model_ref.ref}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; it cannot "
                               "be scored on the same tokens")  # fmt: skip
         for chunk in chunks(items, EVAL_TOKENS):
             inputs = left_padded(chunk, pad_id, input_device(model))
@@ -165,8 +121,8 @@ def _score(folder: Path, items, sets: int, load: LoadOptions, pad_id: int, progr
                 totals[d][0] += float(loss.double())
                 totals[d][1] += int(picked.sum())
             done += sum(len(ids) for _, ids in chunk)
-            progress(label, done, total)
-        del model
+            progress(model_ref.name, done, total)
+        del model, loaded
     free_memory()
     return totals
 
@@ -185,7 +141,7 @@ def evaluate(out: Path, *, datasets: list[Dataset], compare: bool, max_tokens: i
     progress = progress or (lambda stage, done, total: None)
     if not (out / "config.json").is_file():
         raise ConfigError(f"{out}: not a merged model (no config.json)")
-    models = [*(compared_models(out) if compare else []), ("MoE", str(out), out)]
+    models = [*(compared_models(out) if compare else []), Compared("MoE", str(out), out)]
     tokenizer, window = load_tokenizer(out, load), _window(out)
     items = []
     for d, dataset in enumerate(datasets):
@@ -193,29 +149,34 @@ def evaluate(out: Path, *, datasets: list[Dataset], compare: bool, max_tokens: i
         if not found:
             raise ConfigError(f"dataset {dataset.name} ({dataset.source}): too short to evaluate (needs 2 tokens)")
         items += [(d, ids) for ids in found]
-    scores: dict[Path, list] = {}
-    for name, _, folder in [models[-1], *models[:-1]]:  # the MoE first: a broken OUT fails before anything else
-        if folder not in scores:
-            log.info("evaluating %s (%s)", name, folder)
-            scores[folder] = _score(folder, items, len(datasets), load, tokenizer.pad_token_id or 0, progress, name)
+    scores: dict[tuple, list] = {}  # a model named twice (say, every expert = the base) is scored once
+    for model in [models[-1], *models[:-1]]:  # the MoE first: a broken OUT fails before anything else
+        if (model.folder, model.adapter) not in scores:
+            log.info("evaluating %s (%s)", model.name, model.ref)
+            pad = tokenizer.pad_token_id or 0
+            scores[model.folder, model.adapter] = _score(model, items, len(datasets), load, pad, progress)
     rows = []
     for d, dataset in enumerate(datasets):
-        loss = {name: scores[folder][d][0] / scores[folder][d][1] for name, _, folder in models}
+        figures = {m.name: scores[m.folder, m.adapter][d] for m in models}
+        loss = {name: total / count for name, (total, count) in figures.items()}
         rows.append({"name": dataset.name, "source": dataset.source, "windows": sum(1 for i, _ in items if i == d),
-                     "tokens": scores[out][d][1], "loss": loss,
+                     "tokens": figures["MoE"][1], "loss": loss,
                      "perplexity": {n: math.exp(v) if v < 700 else None for n, v in loss.items()},
                      "best": min(loss, key=loss.get)})  # fmt: skip
-    return {"window": window, "max_tokens": max_tokens,
-            "models": [{"name": name, "model": ref, "path": str(folder)} for name, ref, folder in models],
-            "datasets": rows}  # fmt: skip
+    return {"window": window, "max_tokens": max_tokens, "datasets": rows,
+            "models": [{"name": m.name, "model": m.ref, "path": str(m.folder)}
+                       | ({"adapter": str(m.adapter)} if m.adapter else {}) for m in models]}  # fmt: skip
 
 
 def write_results(result: dict[str, Any], out: Path) -> list[Path]:
     """eval.json, eval.png and the card's evaluation section (replaced, never duplicated, on a rerun)."""
     paths = [out / EVAL_JSON, out / EVAL_PNG]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    charts.save(charts.eval_figure(result), paths[1])
-    card.update_card(out, "eval", card.eval_section(result))
+    try:
+        paths[0].write_text(json.dumps(result, indent=2) + "\n")
+        charts.save(charts.eval_figure(result), paths[1])
+        card.update_card(out, "eval", card.eval_section(result))
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the results ({exc.strerror or exc})") from None
     return paths
 
 

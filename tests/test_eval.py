@@ -34,7 +34,11 @@ def merged(models, write_config, cli, tmp_path):
 
 def reference_loss(model_dir, tokenizer, documents, *, cap=None):
     """transformers' own loss, one window at a time (no padding anywhere), weighted by scored tokens."""
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = (
+        model_dir
+        if isinstance(model_dir, torch.nn.Module)
+        else AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    )
     total, count = 0.0, 0
     for text in documents:
         body = tokenizer(text, add_special_tokens=False)["input_ids"][:cap]
@@ -231,3 +235,43 @@ def test_windows_start_like_a_text_and_respect_the_cap(tmp_path):
     assert [t for w in found for t in w[1:]] == body
     capped = evaluate.windows(tokenizer, [LONG_TEXT, LONG_TEXT], window=64, max_tokens=150)
     assert [len(w) for w in capped] == [64, 64, 22]
+
+
+def test_a_card_moemerge_did_not_write_is_left_alone(merged, cli, tmp_path, monkeypatch):
+    out, _, _ = merged
+    (out / "README.md").write_text("# My own notes\n\n## Usage\n")
+    assert cli("eval", out, "--data", f"long={tmp_path / 'long.txt'}", "--max-tokens", "40", "-q")[0] == 0
+    assert (out / "README.md").read_text() == "# My own notes\n\n## Usage\n" and (out / "eval.json").is_file()
+    monkeypatch.setattr(evaluate.charts, "save", lambda fig, path: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    code, _, err = cli("eval", out, "--data", f"long={tmp_path / 'long.txt'}", "--max-tokens", "40")
+    assert code == 2 and err.count("\n") == 1 and "cannot write the results (denied)" in err
+
+
+def test_compare_a_lora_expert(models, write_config, cli, tmp_path):
+    """A LoRA expert's column is its model with the adapter applied by peft (attention included), as fine-tuned."""
+    import warnings
+
+    peft = pytest.importorskip("peft")
+    from test_lora import make_adapter
+
+    base = models.base("llama")
+    adapter = make_adapter(base, tmp_path / "adapter", seed=3)
+    config = write_config({"base_model": str(base), "gate_mode": "random", "experts": [
+        {"source_model": f"{base}+{adapter}"}, {"source_model": str(models.expert(base, 1))}]})  # fmt: skip
+    assert cli(config, tmp_path / "out", "-q")[0] == 0
+    (tmp_path / "t.txt").write_text(LONG_TEXT)
+    code, _, err = cli(
+        "eval", tmp_path / "out", "--compare", "--data", f"t={tmp_path / 't.txt'}", "--max-tokens", "300"
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    lora = result["models"][1]
+    assert lora["name"] == "0: adapter" and lora["adapter"] == str(adapter.resolve())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+        tuned = peft.PeftModel.from_pretrained(model, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    loss, _ = reference_loss(tuned, tokenizer, [LONG_TEXT], cap=300)
+    (row,) = result["datasets"]
+    assert abs(row["loss"]["0: adapter"] - loss) < 1e-5 and abs(row["loss"]["0: adapter"] - row["loss"]["base"]) > 1e-3
