@@ -21,7 +21,11 @@ SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atte
 
 
 def _prompt_problems(where: str, prompts: list[str] | None) -> list[str]:
-    return [f"{where}[{i}]: empty prompt; remove it" for i, p in enumerate(prompts or []) if not p.strip()]
+    """An empty prompt is only the BOS token: mergekit-moe uses it, so it is a warning, not a problem."""
+    for i, prompt in enumerate(prompts or []):
+        if not prompt.strip():
+            log.warning("%s[%d]: empty prompt, so only the BOS token is used (as mergekit-moe does)", where, i)
+    return []
 
 
 def check_config_rules(config: MergeConfig) -> list[str]:
@@ -175,8 +179,13 @@ def check_tokenizer(base: ModelSource, gate_mode: str) -> list[str]:
     return [f"base_model: {base.path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); {need}"]
 
 
-def check_distinct(base: ModelSource, experts: list[ModelSource], *, allow_same: bool) -> list[str]:
-    """All experts the same model makes a MoE that equals one dense model; refuse unless the user insists."""
+def check_distinct(
+    base: ModelSource, experts: list[ModelSource], *, allow_same: bool, gate_mode: str = "hidden"
+) -> list[str]:
+    """All experts the same model makes a MoE that equals one dense model; refuse unless the user insists. Random
+    gates are exempt, as in mergekit-moe: copies of one model with random routers are the start of upcycling."""
+    if gate_mode not in PROMPT_GATE_MODES:
+        return []
     if allow_same or len(experts) < 2 or len({e.path for e in experts}) > 1:
         return []
     flag = "--i-understand-this-is-not-useful-without-training"

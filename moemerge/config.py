@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from moemerge import spellings
 from moemerge.errors import ConfigError, problems_error
 
 GateMode = Literal["hidden", "hidden_avg", "mlp_input", "mlp_input_avg", "cheap_embed", "random", "uniform_random"]
@@ -77,12 +78,7 @@ class MergeConfig(_Strict):
     @field_validator("architecture")
     @classmethod
     def _architecture(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        key = value.strip().lower().replace(" ", "_").replace("-", "_")
-        if key not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}: use mixtral, qwen2_moe, qwen3_moe or deepseek")
-        return ARCHITECTURES[key]
+        return None if value is None else spellings.architecture(value)  # mergekit's names and prefixes too
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -117,6 +113,8 @@ def parse_config(data: Any, *, source: str = "config") -> MergeConfig:
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
         raise ConfigError(f"{source}: the config is {kind}; it needs at least base_model and experts")
+    data = spellings.from_mergekit(data, top=list(MergeConfig.model_fields), expert=list(ExpertConfig.model_fields),
+                                   source=source)  # fmt: skip
     try:
         return MergeConfig.model_validate(data)
     except ValidationError as exc:

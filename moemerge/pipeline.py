@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge import card, checks, hub, output, routing, verify
+from moemerge import card, checks, hub, output, routing, spellings, verify
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import MergeConfig, dump_config, load_config
 from moemerge.errors import (
@@ -81,12 +81,13 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
         (f"shared_experts[{i}]", m) for i, m in enumerate(shared)
     ]
     problems += checks.check_models(base, labelled, allow_crimes=options.allow_crimes)
-    problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts)
+    problems += checks.check_distinct(base, experts, allow_same=options.allow_same_experts, gate_mode=config.gate_mode)
     # the hidden-state pass's own checks (device, prompt lengths) need the tokenizer that check_tokenizer vouches for
     problems += checks.check_tokenizer(base, config.gate_mode) or hidden.check_inputs(config, base, options.load)
     if out is not None:
         problems += checks.check_out_is_not_a_source(out, [base, *experts, *shared])
-    arch, reasons = choose_architecture(config.architecture, base.config, set(base.tensors), num_shared=len(shared))
+    requested = spellings.for_base(config.architecture, base.model_type)  # `qwen`: the base's Qwen layout
+    arch, reasons = choose_architecture(requested, base.config, set(base.tensors), num_shared=len(shared))
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
     if problems:
@@ -130,6 +131,7 @@ def _side_files(prepared: Prepared, folder: Path, options: MergeOptions) -> dict
     for name in names:
         if (base.path / name).is_file():
             shutil.copyfile(base.path / name, folder / name)
+
     def locate(ref: str) -> str:  # local folders absolute, so that moemerge.yml reruns from any folder
         folder = resolve_path(ref, base_dir=prepared.config_dir)
         return str(folder) if folder is not None else ref
@@ -152,9 +154,8 @@ def _routing_report(prepared: Prepared, folder: Path, options: MergeOptions) -> 
     try:
         routing.report(folder, prompts=None, load=options.load)
     except Exception as exc:  # noqa: BLE001 -- a finished merge must not be lost to its report
-        first = (str(exc).splitlines() or [""])[0]
-        log.warning("routing report skipped: %s (after the merge, run `moemerge route OUT` to retry)",
-                    first.replace(str(folder), "OUT"))  # the temporary folder's name means nothing to the user
+        first = (str(exc).splitlines() or [""])[0].replace(str(folder), "OUT")  # not the temporary folder's name
+        log.warning("routing report skipped: %s (after the merge, run `moemerge route OUT` to retry)", first)
 
 
 def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, license: str | None) -> None:

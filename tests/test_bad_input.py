@@ -151,10 +151,6 @@ CASES = {
     "truncated_file": (lambda z: cfg(z, experts=("e1", "truncated")), "truncated"),
     "other_family": (lambda z: cfg(z, experts=("e1", "mistral")), "model_type 'mistral' differs"),
     "biased_base_to_mixtral": (lambda z: cfg(z, base="biased"), "mixtral: has no bias terms"),
-    "empty_prompt": (
-        lambda z: {**cfg(z), "experts": [{"source_model": str(z["e1"]), "positive_prompts": ["  "]}]},
-        "empty prompt",
-    ),
     "head_count_mismatch": (lambda z: cfg(z, experts=("e1", "heads")), "num_attention_heads is 8"),
     "kv_head_mismatch": (lambda z: cfg(z, experts=("e1", "kv_heads")), "num_key_value_heads is 4"),
     "index_missing_shard": (lambda z: cfg(z, experts=("e1", "lost_shard")), "listed in the model's index but missing"),

@@ -18,10 +18,10 @@ def test_examples_parse(path):
 
 
 @pytest.mark.parametrize("spelling,expected", [
-    ("Mixtral", "mixtral"), ("Qwen MoE", "qwen2_moe"), ("qwen", "qwen2_moe"), ("DeepSeek MoE", "deepseek"),
+    ("Mixtral", "mixtral"), ("Qwen MoE", "qwen2_moe"), ("qwen", "qwen"), ("DeepSeek MoE", "deepseek"),
     ("qwen3_moe", "qwen3_moe"),
 ])  # fmt: skip
-def test_architecture_spellings(spelling, expected):
+def test_architecture_spellings(spelling, expected):  # `qwen`: either Qwen layout, the base's family decides
     config = parse_config({"base_model": "a/b", "architecture": spelling, "experts": [{"source_model": "c/d"}]})
     assert config.architecture == expected
 
