@@ -62,27 +62,31 @@ def routing_figure(report: dict[str, Any]):
 
 
 def eval_figure(result: dict[str, Any]):
-    """Grouped bars: one group per dataset, one bar per model (mean next-token loss); the best bar is starred."""
+    """One row per dataset, one marker per model at its mean next-token loss (the axis spans the losses, so small
+    differences show); the MoE is the black diamond, the lowest loss of each row is starred."""
     plt = _pyplot()
     models, datasets = result["models"], result["datasets"]
     names = [m["name"] for m in models]
-    label_room = 0.08 * max(len(d["name"]) for d in datasets)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + len(datasets) * (0.35 * len(names) + 0.5)) + 2.0,
-                                    3.2 + label_room), dpi=100, layout="constrained")  # fmt: skip
-    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(8.0, 1.6 + 0.25 * len(datasets) * max(2, len(names))), dpi=100,
+                           layout="constrained")  # fmt: skip
+    band = 0.7 / max(1, len(names) - 1)  # each model gets its own line inside a dataset's row
     for m, name in enumerate(names):
-        xs = [d_index + (m - (len(names) - 1) / 2) * width for d_index in range(len(datasets))]
-        ys = [d["loss"][name] for d in datasets]
-        ax.bar(xs, ys, width=width, label=name)
+        ys = [row + (m - (len(names) - 1) / 2) * band for row in range(len(datasets))]
+        xs = [d["loss"][name] for d in datasets]
+        style = {"marker": "D", "color": "black", "s": 50, "zorder": 3} if name == "MoE" else {"marker": "o", "s": 36}
+        ax.scatter(xs, ys, label=name, **style)
         for x, y, d in zip(xs, ys, datasets):
             if d["best"] == name and len(names) > 1:
-                ax.text(x, y, "*", ha="center", va="bottom", fontsize=12)
-    rotate = max(len(d["name"]) for d in datasets) > 8
-    ax.set_xticks(range(len(datasets)), labels=[d["name"] for d in datasets], rotation=30 if rotate else 0,
-                  ha="right" if rotate else "center", fontsize=8)  # fmt: skip
-    ax.set_xlabel("dataset" + ("  (* = lowest loss)" if len(names) > 1 else ""))
-    ax.set_ylabel("mean next-token loss (lower is better)")
-    ax.margins(y=0.12)
+                ax.annotate("*", (x, y), xytext=(6, -2), textcoords="offset points", fontsize=12, va="center")
+    for row in range(len(datasets)):
+        ax.axhline(row + 0.5, color="0.85", linewidth=0.8)
+    ax.set_yticks(range(len(datasets)), labels=[d["name"] for d in datasets], fontsize=8)
+    ax.set_ylim(len(datasets) - 0.5, -0.5)  # first dataset on top
+    ax.set_xlabel("mean next-token loss (lower is better)" + ("; * = lowest" if len(names) > 1 else ""))
+    ax.set_ylabel("dataset")
+    ax.grid(axis="x", color="0.9")
+    ax.margins(x=0.08)
+    ax.set_title(f"moemerge eval: windows of {result['window']} tokens", fontsize=9)
     fig.legend(loc="outside right upper", fontsize=8, title="model", title_fontsize=8)
     return fig
 
