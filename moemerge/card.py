@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,9 @@ def update_card(folder: Path, name: str, section: str) -> bool:
         text = before + section + "\n## Usage\n" + rest
     else:
         text = text.rstrip("\n") + "\n" + section
-    path.write_text(text, encoding="utf-8")
+    temp = folder / ".README.md.moemerge-tmp"  # replaced in one step: a kill never leaves half a card
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
     return True
 
 
