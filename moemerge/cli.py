@@ -31,32 +31,13 @@ from moemerge.options import (  # noqa: F401 -- parse_size/parse_max_memory: als
     parse_max_memory,
     parse_size,
     plural,
+    progress_display,
     setup_logging,
 )
 
 log = logging.getLogger("moemerge")
 INTERRUPTS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 _state: dict[str, object] = {"signal": None, "written": None}  # the first interrupt seen; OUT once published
-
-
-def _progress_display(quiet: bool):
-    """A rich progress bar on a TTY; nothing in pipes and CI."""
-    if quiet or not sys.stderr.isatty():
-        return None, None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description:10}"), BarColumn(), TextColumn("{task.fields[amount]}"),
-                   TimeRemainingColumn())  # fmt: skip
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        # "tensors" counts bytes written; other stages ("prompts") count items
-        amount = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB" if stage == "tensors" else f"{done}/{total}"
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, amount=amount)
-        bar.update(tasks[stage], completed=done, total=total, amount=amount)
-
-    return bar, update
 
 
 def _version(value: bool) -> None:
@@ -139,7 +120,7 @@ def merge(
         from moemerge import hub
 
         hub.check_push(push_to_hub)  # before the merge, not after hours of it
-    bar, update = _progress_display(quiet)
+    bar, update = progress_display(quiet)
     if bar is not None:
         bar.start()
     try:

@@ -69,7 +69,7 @@ def evaluate(
     import sys
 
     from moemerge import evaluate as scoring
-    from moemerge.cli import _progress_display
+    from moemerge.options import progress_display
 
     setup_logging(verbose, quiet)
     load = load_options(device, load_in_4bit, load_in_8bit, trust_remote_code, max_memory)
@@ -77,7 +77,7 @@ def evaluate(
     if not data and not quiet:
         print(f"no --data given: scoring each expert's positive prompts from {out / 'moemerge.yml'} "
               "(one dataset per expert; pass --data NAME=FILE for held-out text)", file=sys.stderr)  # fmt: skip
-    bar, update = _progress_display(quiet)
+    bar, update = progress_display(quiet)
     if bar is not None:
         bar.start()
     try:

@@ -67,6 +67,26 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+def progress_display(quiet: bool):
+    """A rich progress bar on a TTY, and its update(stage, done, total); (None, None) in pipes and CI."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description:10}"), BarColumn(), TextColumn("{task.fields[amount]}"),
+                   TimeRemainingColumn())  # fmt: skip
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        # "tensors" counts bytes written; other stages ("prompts") count items
+        amount = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB" if stage == "tensors" else f"{done}/{total}"
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, amount=amount)
+        bar.update(tasks[stage], completed=done, total=total, amount=amount)
+
+    return bar, update
+
+
 def plural(count: int, noun: str) -> str:
     """`1 expert`, `2 experts`."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
