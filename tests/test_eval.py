@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import yaml
+from conftest import load_moe
 from test_archs import merge_same
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,6 +63,15 @@ def test_loss_equals_transformers_loss(merged, cli, tmp_path):
     (row,) = result["datasets"]
     assert row["windows"] > 2 and row["tokens"] == count
     assert abs(row["loss"]["MoE"] - loss) < 1e-5
+    # and as one right-padded batch with labels -100 on the padding: transformers averages over the real targets
+    body = tokenizer(LONG_TEXT, add_special_tokens=False)["input_ids"]
+    windows = [body[i : i + 256] for i in range(0, len(body), 256)]
+    width = max(len(w) for w in windows)
+    ids = torch.tensor([w + [3] * (width - len(w)) for w in windows])
+    mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for w in windows])
+    with torch.no_grad():
+        batched = load_moe(out)(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    assert len({len(w) for w in windows}) == 2 and abs(row["loss"]["MoE"] - float(batched)) < 1e-5
     assert f"{loss:.3f}" in stdout and "wrote" in stdout and err == ""
 
 
