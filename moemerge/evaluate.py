@@ -84,7 +84,7 @@ def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None)
     hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum": it is cut into windows here
     try:
         for text in texts:
-            body = tokenizer(text, add_special_tokens=False)["input_ids"]
+            body = _tokens(tokenizer, text, budget)
             for start in range(0, len(body), step):
                 ids = (prefix + body[start : start + step])[: budget if budget is not None else None]
                 if len(ids) >= 2:
@@ -95,6 +95,17 @@ def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None)
     finally:
         hf_logging.set_verbosity(verbosity)
     return out
+
+
+def _tokens(tokenizer, text: str, needed: int | None) -> list[int]:
+    """The text's token ids; with a token budget only a head of a long text is tokenised (a 1 GB file capped at 4096
+    tokens costs nothing), keeping a margin of tokens so that those used are the full text's own."""
+    head = text[: (needed + 64) * 32] if needed is not None else text
+    if len(head) < len(text):
+        ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        if len(ids) > needed + 16:
+            return ids[: needed + 16]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int, progress: Progress):

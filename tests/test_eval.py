@@ -285,3 +285,12 @@ def test_compare_a_lora_expert(models, write_config, cli, tmp_path):
     loss, _ = reference_loss(tuned, tokenizer, [LONG_TEXT], cap=300)
     (row,) = result["datasets"]
     assert abs(row["loss"]["0: adapter"] - loss) < 1e-5 and abs(row["loss"]["0: adapter"] - row["loss"]["base"]) > 1e-3
+
+
+def test_a_capped_long_text_gives_the_full_texts_tokens(tmp_path):
+    tokenizer = tiny.make_tokenizer(tmp_path)
+    text = LONG_TEXT * 40
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for cap in (100, 1000):
+        found = evaluate.windows(tokenizer, [text], window=256, max_tokens=cap)
+        assert [t for w in found for t in w] == full[:cap]
