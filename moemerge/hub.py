@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from moemerge.errors import ConfigError, MoemergeError, PushError, SourceError
 from moemerge.files import read_json
@@ -23,7 +24,8 @@ WEIGHT_LAYOUTS = (
 )
 
 
-_CACHE: dict[str, Path | None] = {"dir": None}  # --transformers-cache: where downloads go (default: the HF cache)
+# --transformers-cache: where downloads go (default: the HF cache); why the Hub is unreachable, once a request failed
+_CACHE: dict[str, Any] = {"dir": None, "unreachable": None}
 
 
 def use_cache(folder: Path) -> None:
@@ -41,10 +43,12 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _explain(ref: str, exc: Exception) -> SourceError:
+def _explain(ref: str, exc: Exception) -> MoemergeError:
     from huggingface_hub import errors
 
     match exc:
+        case MoemergeError():
+            return exc  # already says what failed (an unreachable Hub ends the run as it is)
         case errors.GatedRepoError():
             why = "is gated: accept its licence on the Hub and log in (`hf auth login`)"
         case errors.RepositoryNotFoundError():
@@ -58,14 +62,48 @@ def _explain(ref: str, exc: Exception) -> SourceError:
     return SourceError(f"model '{ref}' {why}")
 
 
+class HubUnreachableError(MoemergeError, ConnectionError):
+    """The Hub cannot be reached: ends the run at the first failure (not one retrying download per model)."""
+
+    exit_code = 1
+
+
+def _reachable(repo_id: str, filename: str, revision: str | None) -> bool:
+    """One HEAD request without retries (huggingface_hub would retry a failed download for about 25 s, printing each
+    try); False when the Hub cannot be reached, and from then on for the rest of the run."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if _CACHE["unreachable"] is None:
+        url = hf_hub_url(repo_id, filename, revision=revision)
+        hf_logger = logging.getLogger("huggingface_hub")
+        level = hf_logger.level
+        hf_logger.setLevel(logging.ERROR)  # its "... thrown while requesting HEAD" lines: we say it once, below
+        try:
+            get_hf_file_metadata(url, timeout=min(constants.HF_HUB_ETAG_TIMEOUT, 10))
+        except HfHubHTTPError:
+            pass  # the Hub answered (404, 401, ...): the download below reports it
+        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeouts, TLS: the network's failures
+            _CACHE["unreachable"] = f"{constants.ENDPOINT} ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+        finally:
+            hf_logger.setLevel(level)
+    return _CACHE["unreachable"] is None
+
+
 def _download(repo_id: str, filename: str, revision: str | None, *, optional: bool = True) -> Path | None:
-    """One file from the Hub (or the user's HF cache); None when an optional file is absent (or uncached offline)."""
+    """One file from the Hub (or the user's HF cache); None when an optional file is absent (or uncached offline).
+    With the Hub unreachable, only cached files are used and the first uncached one ends the run."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    use_hub = _offline() or _reachable(repo_id, filename, revision)  # offline: huggingface_hub reads the cache
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=_CACHE["dir"]))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=_CACHE["dir"],
+                                    local_files_only=not use_hub))  # fmt: skip
     except (EntryNotFoundError, LocalEntryNotFoundError):
+        if not use_hub and not optional:
+            raise HubUnreachableError(f"cannot reach the Hugging Face Hub at {_CACHE['unreachable']} to fetch "
+                                      f"{repo_id}; with HF_HUB_OFFLINE=1 moemerge uses only the local cache") from None  # fmt: skip
         if optional:
             return None
         raise
