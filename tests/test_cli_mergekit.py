@@ -81,3 +81,14 @@ def test_help_keeps_compatibility_options_together(cli):
     code, out, _ = cli("--help")
     options = out[: out.index("mergekit compatibility:")]
     assert code == 0 and "--low-cpu-memory" not in options and "--low-cpu-memory" in out
+
+
+def test_num_threads_sets_torch_threads(cli, config, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert cli(config, tmp_path / "out", "-j", "1")[0] == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -69,3 +69,16 @@ def test_cached_models_merge_with_the_hub_unreachable(models, tmp_path):
     done, _ = _run([_config(tmp_path), tmp_path / "out"], tmp_path, hf_home)
     assert done.returncode == 0, done.stderr
     assert "Retrying" not in done.stderr and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_transformers_cache_is_where_models_are_found(models, tmp_path):
+    base = models.base("llama")
+    custom = tmp_path / "custom"  # mergekit's --transformers-cache: the folder that holds models--org--name
+    for repo_id, folder in (("org/base", base), ("org/a", models.expert(base, 1)), ("org/b", models.expert(base, 2))):
+        _cache(custom.parent / "unused", repo_id, folder)
+        shutil.move(custom.parent / "unused" / "hub" / f"models--{repo_id.replace('/', '--')}", custom / "x")
+        (custom / "x").rename(custom / f"models--{repo_id.replace('/', '--')}")
+    done, _ = _run([_config(tmp_path), tmp_path / "out"], tmp_path, tmp_path / "empty-hf-home")
+    assert done.returncode == 1 and "cannot reach the Hugging Face Hub" in done.stderr  # not in the default cache
+    done, _ = _run([_config(tmp_path), tmp_path / "out", "--transformers-cache", custom], tmp_path, tmp_path / "hf")
+    assert done.returncode == 0, done.stderr
