@@ -15,7 +15,7 @@ from moemerge import card, charts
 from moemerge.batching import chunks, left_padded
 from moemerge.compared import Compared, compared_models, short, with_adapter
 from moemerge.config import MAX_PROMPT_FILE_BYTES, load_config, read_text_file
-from moemerge.errors import ConfigError, OutputError, problems_error
+from moemerge.errors import ConfigError, MergeFailedError, OutputError, problems_error
 from moemerge.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,13 @@ def prompt_datasets(out: Path) -> list[Dataset]:
     if not (out / "moemerge.yml").is_file():
         raise ConfigError(f"{out}: no moemerge.yml with the experts' prompts; pass --data NAME=FILE")
     config = load_config(out / "moemerge.yml")
-    datasets = [Dataset(f"{i}: {short(e.source_model)}", f"moemerge.yml experts[{i}].positive_prompts",
-                        list(e.positive_prompts)) for i, e in enumerate(config.experts) if e.positive_prompts]  # fmt: skip
+    datasets = [
+        Dataset(
+            f"{i}: {short(e.source_model)}", f"moemerge.yml experts[{i}].positive_prompts", list(e.positive_prompts)
+        )
+        for i, e in enumerate(config.experts)
+        if e.positive_prompts
+    ]
     if not datasets:
         raise ConfigError(f"{out}: the experts have no positive_prompts to evaluate; pass --data NAME=FILE")
     return datasets
@@ -119,8 +124,8 @@ def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int
         model = with_adapter(loaded, model_ref.adapter)
         vocab = model.get_input_embeddings().num_embeddings
         if max(max(ids) for _, ids in items) >= vocab:
-            raise ConfigError(f"{model_ref.ref}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; it cannot "
-                              "be scored on the same tokens")  # fmt: skip
+            raise ConfigError(f"{model_ref.ref}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; "
+                              "it cannot be scored on the same tokens")  # fmt: skip
         for chunk in chunks(items, EVAL_TOKENS):
             inputs = left_padded(chunk, pad_id, input_device(model))
             logits = model(**inputs, use_cache=False).logits  # (rows, width, vocab)
@@ -170,13 +175,17 @@ def evaluate(out: Path, *, datasets: list[Dataset], compare: bool, max_tokens: i
     for d, dataset in enumerate(datasets):
         figures = {m.name: scores[m.folder, m.adapter][d] for m in models}
         loss = {name: total / count for name, (total, count) in figures.items()}
+        if broken := [name for name, value in loss.items() if not math.isfinite(value)]:
+            raise MergeFailedError(f"{', '.join(broken)}: the loss on {dataset.name} is not finite (NaN or inf in the "
+                                   "logits); run `moemerge verify` on the model")  # fmt: skip
         rows.append({"name": dataset.name, "source": dataset.source, "windows": sum(1 for i, _ in items if i == d),
                      "tokens": figures["MoE"][1], "loss": loss,
                      "perplexity": {n: math.exp(v) if v < 700 else None for n, v in loss.items()},
                      "best": min(loss, key=loss.get)})  # fmt: skip
-    return {"window": window, "max_tokens": max_tokens, "datasets": rows,
+    return {"window": window, "max_tokens": max_tokens,
             "models": [{"name": m.name, "model": m.ref, "path": str(m.folder)}
-                       | ({"adapter": str(m.adapter)} if m.adapter else {}) for m in models]}  # fmt: skip
+                       | ({"adapter": str(m.adapter)} if m.adapter else {}) for m in models],
+            "datasets": rows}  # fmt: skip
 
 
 def write_results(result: dict[str, Any], out: Path) -> list[Path]:

@@ -141,8 +141,8 @@ def format_table(report: dict[str, Any]) -> str:
         hit = "-" if s["hit_rate"] is None else f"{s['hit_rate']:.1%}"
         lines.append(s["name"].ljust(width) + "  " + "  ".join(cells) + "  " + hit.rjust(len(hit_head)))
     k = report["experts_per_token"]
-    lines.append(f"(share of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers;\n"
-                 f" own-expert hit: share of the set's tokens whose top-{k} picks include the set's own expert)")  # fmt: skip
+    lines.append(f"(share of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers;")
+    lines.append(f" own-expert hit: share of the set's tokens whose top-{k} picks include the set's own expert)")
     return "\n".join(lines)
 
 

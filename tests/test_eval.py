@@ -25,8 +25,9 @@ LONG_TEXT = " ".join(tiny.CORPUS * 12)  # several 256-token windows and a shorte
 @pytest.fixture
 def merged(models, write_config, cli, tmp_path):
     base = models.base("llama")
-    config = write_config({"base_model": str(base), "gate_mode": "hidden", "experts": [
-        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": p} for i, p in enumerate(PROMPTS.values())]})  # fmt: skip
+    experts = [{"source_model": str(models.expert(base, i + 1)), "positive_prompts": p}
+               for i, p in enumerate(PROMPTS.values())]  # fmt: skip
+    config = write_config({"base_model": str(base), "gate_mode": "hidden", "experts": experts})
     code, _, err = cli(config, tmp_path / "out", "--quiet")
     assert code == 0, err
     (tmp_path / "long.txt").write_text(LONG_TEXT)

@@ -133,8 +133,9 @@ THREE = {**PROMPTS, "math": ["Solve for x: 2x + 3 = 7.", "What is 12 times 7?"]}
 
 def test_hit_rate_against_a_per_token_count(models, write_config, cli, tmp_path):
     base = models.base("llama")
-    config = write_config({"base_model": str(base), "gate_mode": "hidden", "experts_per_token": 2, "experts": [
-        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": p} for i, p in enumerate(THREE.values())]})  # fmt: skip
+    experts = [{"source_model": str(models.expert(base, i + 1)), "positive_prompts": p}
+               for i, p in enumerate(THREE.values())]  # fmt: skip
+    config = write_config({"base_model": str(base), "gate_mode": "hidden", "experts_per_token": 2, "experts": experts})
     assert cli(config, tmp_path / "out", "-q")[0] == 0
     code, stdout, err = cli("route", tmp_path / "out")
     assert code == 0, err
@@ -213,10 +214,13 @@ def test_remote_code_refused_without_a_prompt(models, write_config, cli, tmp_pat
     import sys
 
     base = models.base("llama")
-    config = write_config({"base_model": str(base), "architecture": "deepseek", "gate_mode": "random", "experts": [
-        {"source_model": str(models.expert(base, i + 1)), "positive_prompts": ["hi there"]} for i in range(2)]})  # fmt: skip
+    experts = [{"source_model": str(models.expert(base, i + 1)), "positive_prompts": ["hi there"]} for i in range(2)]
+    config = write_config(
+        {"base_model": str(base), "architecture": "deepseek", "gate_mode": "random", "experts": experts}
+    )
     assert cli(config, tmp_path / "out", "-q")[0] == 0
-    run = subprocess.run([sys.executable, "-m", "moemerge", verb, str(tmp_path / "out")], stdin=subprocess.PIPE, check=False,
+    command = [sys.executable, "-m", "moemerge", verb, str(tmp_path / "out")]
+    run = subprocess.run(command, stdin=subprocess.PIPE, check=False,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 2, run.stderr
     lines = [line for line in run.stderr.splitlines() if not line.startswith("no --data given")]
