@@ -1,0 +1,25 @@
+"""`python -m moemerge.real [--cache DIR] [--config FILE]`: build (or reuse) the real base, experts and texts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from moemerge.real import assets, write_config
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m moemerge.real", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", help="cache folder (default: $MOEMERGE_CACHE, else $XDG_CACHE_HOME/moemerge)")
+    parser.add_argument("--config", help="also write a merge config of the real experts to this YAML file")
+    args = parser.parse_args(argv)
+    found = assets(args.cache)
+    print(f"base    {found.base}")
+    for name, path in found.experts.items():
+        print(f"{name:7s} {path}  (held-out text: {found.eval_files[name]})")
+    if args.config:
+        print(f"config  {write_config(Path(args.config), found)}")
+
+
+if __name__ == "__main__":
+    main()
