@@ -197,16 +197,17 @@ def model_card(
     caveats = "".join(f"\n> **Note:** {note}.\n" for note in notes) + _lora_section(resolved.get("sources") or [])
     license_line = license or "not set: the base model's license applies; pass `--license` to state it"
     config_yaml = resolved_yaml(resolved)  # exactly moemerge.yml: the block reruns as it is
+    counted = f"{len(experts)} expert" + ("" if len(experts) == 1 else "s")
     remote = ", trust_remote_code=True" if arch_class == "DeepseekForCausalLM" else ""  # no class in transformers
     body = f"""
 # {name}
 
 A Mixture-of-Experts model (`{arch_class}`) built with moemerge from
-`{resolved["base_model"]}` (attention, norms and embeddings) and {len(experts)} experts (one per fine-tune: its MLP
+`{resolved["base_model"]}` (attention, norms and embeddings) and {counted} (one per fine-tune: its MLP
 layers). It has not been trained after merging; each layer's router was initialised with gate mode
 `{resolved["gate_mode"]}` from the prompts below.
 
-- Architecture: `{arch_class}`, {len(experts)} experts, {resolved["experts_per_token"]} active per token
+- Architecture: `{arch_class}`, {counted}, {resolved["experts_per_token"]} active per token
 - Parameters: {total:,} in total, {active:,} active per token
 - dtype: `{resolved["dtype"]}`
 - License: {license_line}

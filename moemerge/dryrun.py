@@ -22,6 +22,10 @@ PROBE_BYTES = 32 * 2**20
 ASSUMED_BYTES_PER_S = 100 * 10**6  # when no folder can take the probe file
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _write_speed(folder: Path) -> float:
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".moemerge-probe-") as probe:
         start = time.perf_counter()
@@ -150,13 +154,13 @@ def _clip(prompt: str, width: int = 70) -> str:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    head = f"output: {s['class']} ({s['architecture']}), {len(s['experts'])} experts, top-{s['experts_per_token']}, "
+    head = f"output: {s['class']} ({s['architecture']}), {_count(len(s['experts']), 'expert')}, top-{s['experts_per_token']}, "
     lines = [head + f"gate {s['gate_mode']}, dtype {s['dtype']}"]
     lines += [f"  not {name}: {'; '.join(why)}" if why else f"  {name} would also fit (set `architecture: {name}`)"
               for name, why in s["rejected"].items()]  # fmt: skip
     for i, e in enumerate(s["experts"]):
         pos, neg = e["positive_prompts"], e["negative_prompts"]
-        lines.append(f"expert {i}: {e['model']} ({len(pos)} positive, {len(neg)} negative prompts)")
+        lines.append(f"expert {i}: {e['model']} ({len(pos)} positive, {_count(len(neg), 'negative prompt')})")
         if a := e["adapter"]:
             lines.append(f"    LoRA adapter {a['model']} ({card.ranks(a['ranks'])}; {', '.join(a['targets'])}), "
                          f"{_size(a['read_bytes'])} more to read")  # fmt: skip
@@ -166,7 +170,7 @@ def format_summary(s: dict[str, Any]) -> str:
     p = s["parameters"]
     lines.append(f"parameters: {p['total']:,} total, {p['active']:,} active per token")
     by_dtype = ", ".join(f"{d} {_size(b)}" for d, b in s["output_bytes_by_dtype"].items())
-    lines.append(f"output: {_size(s['output_bytes'])} in {s['shards']} shard(s) (as {by_dtype})")
+    lines.append(f"output: {_size(s['output_bytes'])} in {_count(s['shards'], 'shard')} (as {by_dtype})")
     lines.append(f"download: {_size(s['download_bytes'])}")
     lines.append(f"peak RAM: about {_size(s['peak_ram_bytes'])}")
     if s["hidden_pass"]:

@@ -52,6 +52,10 @@ def test_one_expert_is_singular(cli, models, write_config, tmp_path):
     code, out, err = cli(config, tmp_path / "out")
     assert code == 0, err
     assert "(MixtralForCausalLM, 1 expert, 1 shard," in out
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "1 expert (" in card and "1 expert," in card and "1 experts" not in card
+    code, out, _ = cli("plan", config)
+    assert code == 0 and ", 1 expert, top-1" in out and "1 shard (" in out and "1 experts" not in out
 
 
 @pytest.mark.parametrize("debug", [[], ["-vv"], ["MOEMERGE_DEBUG"]])
