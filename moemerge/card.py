@@ -118,7 +118,7 @@ def eval_section(result: dict[str, Any]) -> str:
             cells.append(f"**{cell}**" if d["best"] == n and len(names) > 1 else cell)
         rows.append(f"| {_escape(d['name'])} | {d['tokens']:,} | " + " | ".join(cells) + " |")
     body = (f"\n## Evaluation\n\nMean next-token loss (perplexity) per dataset, from `moemerge eval` (windows of "
-            f"{result['window']} tokens, OUT's tokenizer for every model; lower is better"
+            f"{result['window']} tokens, this model's tokenizer for all; lower is better"
             + (", best in bold" if len(names) > 1 else "") + "; `eval.json` has the figures).\n\n"
             + "\n".join([head, rule, *rows]) + "\n\n![eval chart](eval.png)\n")  # fmt: skip
     return SECTION.format(name="eval", body=body)
