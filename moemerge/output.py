@@ -79,11 +79,15 @@ def publish(tmp: Path, out: Path) -> None:
     for file in tmp.iterdir():
         _fsync(file)
     _fsync(tmp)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
+    old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}" if out.exists() else None
+    try:
+        if old is not None:
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:  # Ctrl-C or SIGTERM between the renames: the user's folder goes back at once
+        if old is not None and old.exists() and not out.exists():
+            old.rename(out)
+        raise
     _fsync(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

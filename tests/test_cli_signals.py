@@ -89,3 +89,25 @@ def test_restored_folder_is_not_replaced_without_overwrite(models, write_config,
     code, _, err = cli(config, out, "--overwrite")  # asked for: now it is replaced
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+def test_interrupt_between_the_renames_puts_out_back(tmp_path, monkeypatch):
+    from moemerge import output
+
+    out, tmp = tmp_path / "out", tmp_path / ".out.moemerge-tmp-1"
+    out.mkdir()
+    (out / "previous.txt").write_text("an earlier merge")
+    tmp.mkdir()
+    (tmp / "config.json").write_text("{}")
+    real_rename = Path.rename
+
+    def interrupted_rename(self, target):
+        if self == tmp:
+            raise KeyboardInterrupt  # the signal lands after OUT was moved aside
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted_rename)
+    with pytest.raises(KeyboardInterrupt):
+        output.publish(tmp, out)
+    assert (out / "previous.txt").read_text() == "an earlier merge"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.moemerge-tmp-1", "out"]
