@@ -106,3 +106,18 @@ def test_identical_prompts_are_still_refused(models, write_config, cli, tmp_path
     experts = [{"source_model": str(models.expert(base, s)), "positive_prompts": ["same"]} for s in (1, 2)]
     code, _, err = cli(write_config({"base_model": str(base), "experts": experts}), tmp_path / "out")
     assert code == 2 and "every expert has the same prompts" in err
+
+
+def test_a_published_style_config_merges_with_one_warning(models, write_config, cli, tmp_path):
+    """The shape of configs found on model cards: mergekit's general keys next to the MoE ones."""
+    base = models.base("llama")
+    data = {"base_model": str(base), "gate_mode": "hidden_last", "dtype": "bfloat16", "architecture": "Mixtral",
+            "merge_method": "moe", "tokenizer_source": "union", "experts_per_token": 2,
+            "experts": [{"source_model": {"model": {"path": str(models.expert(base, 1))}},
+                         "positive_prompts": ["chat", ""]},
+                        {"source_model": str(models.expert(base, 2)), "positive_prompts": ["code"],
+                         "parameters": {"weight": 0.5}}]}  # fmt: skip
+    code, out, err = cli(write_config(data), tmp_path / "out")
+    assert code == 0, err
+    ignored = [line for line in err.splitlines() if "ignoring" in line]
+    assert len(ignored) == 1 and "'merge_method', 'tokenizer_source', 'experts[1].parameters'" in ignored[0]
