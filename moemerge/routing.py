@@ -104,12 +104,12 @@ def measure(model_dir: Path, prompt_sets: dict[str, list[str]], load: LoadOption
         num_experts, layers = logits[0].shape[-1], len(logits)
     free_memory()
     experts = expert_names(model_dir, num_experts)
-    sets = [_set_figures(name, s, prompt_sets[name], counts[s], items, experts, top_k)
+    sets = [_set_figures(name, s, prompt_sets[name], counts[s], items, experts)
             for s, name in enumerate(names) if s in counts]  # fmt: skip
     return {"experts": experts, "experts_per_token": top_k, "layers": layers, "prompt_sets": sets}
 
 
-def _set_figures(name, s, prompts, counts, items, experts, top_k) -> dict[str, Any]:
+def _set_figures(name, s, prompts, counts, items, experts) -> dict[str, Any]:
     """One prompt set's entry: pick shares per layer and, for a set that belongs to an expert, its hit rate (the
     share of the set's tokens whose top-k picks include that expert)."""
     per_layer = counts / counts.sum(-1, keepdim=True)  # (layers, experts), rows sum to 1
