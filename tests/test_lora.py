@@ -193,8 +193,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_adapters_one_line_each(models, write_config, cli, tmp_path, case):
+def test_bad_adapters_one_line_each(models, write_config, cli, tmp_path, capsys, case):
     base, adapter = _bad(models, tmp_path, case)
+    capsys.readouterr()  # building models may print progress bars (other tests turn them on): not the CLI's output
     config = write_config({"base_model": str(base), "gate_mode": "random",
                            "experts": [{"source_model": f"{base}+{adapter}"}, {"source_model": str(base)}]})  # fmt: skip
     code, _, err = cli(config, tmp_path / "out", "--quiet")
@@ -203,9 +204,10 @@ def test_bad_adapters_one_line_each(models, write_config, cli, tmp_path, case):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_lora_base_model_is_refused(models, write_config, cli, tmp_path):
+def test_lora_base_model_is_refused(models, write_config, cli, tmp_path, capsys):
     base = models.base("llama")
     adapter = make_adapter(base, tmp_path / "adapter")
+    capsys.readouterr()
     config = write_config({"base_model": f"{base}+{adapter}", "gate_mode": "random",
                            "experts": [{"source_model": str(base)}]})  # fmt: skip
     code, _, err = cli(config, tmp_path / "out", "--quiet")
@@ -266,7 +268,7 @@ class Hostile:
         return (os.system, ("touch pwned",))
 
 
-def test_bin_adapter_read_with_weights_only(models, write_config, cli, tmp_path, monkeypatch):
+def test_bin_adapter_read_with_weights_only(models, write_config, cli, tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
     monkeypatch.chdir(tmp_path)  # where the hostile pickle would leave its mark
@@ -280,6 +282,7 @@ def test_bin_adapter_read_with_weights_only(models, write_config, cli, tmp_path,
     assert torch.equal(out["model.layers.0.block_sparse_moe.experts.0.w3.weight"],
                        want["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
     torch.save({"x": Hostile()}, adapter / "adapter_model.bin")  # a pickle that would run code
+    capsys.readouterr()
     config = write_config({"base_model": str(base), "gate_mode": "random",
                            "experts": [{"source_model": f"{base}+{adapter}"}, {"source_model": str(base)}]})  # fmt: skip
     code, _, err = cli(config, tmp_path / "out2", "--quiet")
