@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from moemerge import __version__, compat
+from moemerge import __version__, compat, hub_access
 from moemerge.errors import ConfigError, MoemergeError
 from moemerge.options import (  # noqa: F401 -- parse_size/parse_max_memory: also imported from here
     AllowCrimesOpt,
@@ -167,6 +167,7 @@ def _usage_error(exc: typer.TyperException, prog: str) -> str:
 
 def _run(command, args: list[str], debug: bool, prog: str = "moemerge") -> int:
     _state.update(signal=None, written=None)
+    hub_access.CACHE.update(dir=None, unreachable=None)  # each run (a notebook makes many) starts afresh
     with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
         for signum in INTERRUPTS:
             signal.signal(signum, _interrupt)

@@ -70,9 +70,9 @@ def apply(
 
         torch.set_num_threads(num_threads)
     if transformers_cache is not None:
-        from moemerge import hub
+        from moemerge import hub_access
 
-        hub.use_cache(transformers_cache)
+        hub_access.use_cache(transformers_cache)
     for name, value in ignored.items():
         if value not in (None, False):
             log.info("--%s: accepted for mergekit-moe compatibility, no effect (%s)", name.replace("_", "-"),

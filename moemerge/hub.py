@@ -6,10 +6,10 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from moemerge.errors import ConfigError, MoemergeError, PushError, SourceError
 from moemerge.files import read_json
+from moemerge.hub_access import CACHE, HubUnreachableError, reachable
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,6 @@ WEIGHT_LAYOUTS = (
     ("model.safetensors.index.json", "model.safetensors"),
     ("pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-
-
-# --transformers-cache: where downloads go (default: the HF cache); why the Hub is unreachable, once a request failed
-_CACHE: dict[str, Any] = {"dir": None, "unreachable": None}
-
-
-def use_cache(folder: Path) -> None:
-    """Download into `folder` instead of the Hugging Face cache (mergekit-moe's --transformers-cache)."""
-    _CACHE["dir"] = Path(folder).expanduser()
 
 
 def looks_like_hub_id(ref: str) -> bool:
@@ -62,47 +53,19 @@ def _explain(ref: str, exc: Exception) -> MoemergeError:
     return SourceError(f"model '{ref}' {why}")
 
 
-class HubUnreachableError(MoemergeError, ConnectionError):
-    """The Hub cannot be reached: ends the run at the first failure (not one retrying download per model)."""
-
-    exit_code = 1
-
-
-def _reachable(repo_id: str, filename: str, revision: str | None) -> bool:
-    """One HEAD request without retries (huggingface_hub would retry a failed download for about 25 s, printing each
-    try); False when the Hub cannot be reached, and from then on for the rest of the run."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if _CACHE["unreachable"] is None:
-        url = hf_hub_url(repo_id, filename, revision=revision)
-        hf_logger = logging.getLogger("huggingface_hub")
-        level = hf_logger.level
-        hf_logger.setLevel(logging.ERROR)  # its "... thrown while requesting HEAD" lines: we say it once, below
-        try:
-            get_hf_file_metadata(url, timeout=min(constants.HF_HUB_ETAG_TIMEOUT, 10))
-        except HfHubHTTPError:
-            pass  # the Hub answered (404, 401, ...): the download below reports it
-        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeouts, TLS: the network's failures
-            _CACHE["unreachable"] = f"{constants.ENDPOINT} ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
-        finally:
-            hf_logger.setLevel(level)
-    return _CACHE["unreachable"] is None
-
-
 def _download(repo_id: str, filename: str, revision: str | None, *, optional: bool = True) -> Path | None:
     """One file from the Hub (or the user's HF cache); None when an optional file is absent (or uncached offline).
     With the Hub unreachable, only cached files are used and the first uncached one ends the run."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    use_hub = _offline() or _reachable(repo_id, filename, revision)  # offline: huggingface_hub reads the cache
+    use_hub = _offline() or reachable(repo_id, filename, revision)  # offline: huggingface_hub reads its cache
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=_CACHE["dir"],
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=CACHE["dir"],
                                     local_files_only=not use_hub))  # fmt: skip
     except (EntryNotFoundError, LocalEntryNotFoundError):
         if not use_hub and not optional:
-            raise HubUnreachableError(f"cannot reach the Hugging Face Hub at {_CACHE['unreachable']} to fetch "
+            raise HubUnreachableError(f"cannot reach the Hugging Face Hub at {CACHE['unreachable']} to fetch "
                                       f"{repo_id}; with HF_HUB_OFFLINE=1 moemerge uses only the local cache") from None  # fmt: skip
         if optional:
             return None
