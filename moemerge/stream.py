@@ -6,13 +6,15 @@ from __future__ import annotations
 import mmap
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 from moemerge.errors import SourceError
 from moemerge.plan import FromModel, FromRouter, PlannedTensor, Zeros
 from moemerge.sources import ByteRange, ModelSource
 
 CHUNK_BYTES = 64 * 1024**2  # one read/convert/write step; bounds memory whatever the tensor size
-CHECK_BLOCK = 2**20  # elements per Inf/NaN test: its temporary stays in the CPU cache
+CHECK_BLOCK = 2**18  # elements per Inf/NaN test: its temporary stays in the CPU cache
 # float dtype -> (integer view, mask that drops the sign bit, smallest masked value that is Inf or NaN)
 NONFINITE = {
     "float64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
@@ -36,11 +38,14 @@ def has_nonfinite(buffer, dtype: str) -> bool:
     return any((values[i : i + CHECK_BLOCK] & mask).max() >= limit for i in range(0, values.size, CHECK_BLOCK))
 
 
-def _mapped_nonfinite(fd: int, piece: ByteRange) -> bool:
+def _mapped_nonfinite(piece: ByteRange) -> bool:
     """The Inf/NaN test on a read-only map of the file's pages, unmapped on return: nothing is copied into this process
     and its resident memory does not grow."""
     aligned = piece.offset - piece.offset % mmap.ALLOCATIONGRANULARITY
-    with mmap.mmap(fd, piece.offset + piece.length - aligned, prot=mmap.PROT_READ, offset=aligned) as mapped:
+    with (
+        open(piece.file, "rb", buffering=0) as fh,
+        mmap.mmap(fh.fileno(), piece.offset + piece.length - aligned, prot=mmap.PROT_READ, offset=aligned) as mapped,
+    ):
         view = memoryview(mapped)[piece.offset - aligned :]
         try:
             return has_nonfinite(view, piece.dtype)
@@ -48,14 +53,23 @@ def _mapped_nonfinite(fd: int, piece: ByteRange) -> bool:
             view.release()
 
 
+@cache
+def _checker() -> ThreadPoolExecutor:
+    """One background thread for the Inf/NaN tests, for the life of the process."""
+    return ThreadPoolExecutor(1, thread_name_prefix="moemerge-check")
+
+
 def _checked_pieces(where: ByteRange, error: SourceError) -> Iterator[ByteRange]:
-    """`where` in pieces of CHUNK_BYTES (whole elements), each tested for Inf/NaN before it is handed on."""
-    with open(where.file, "rb", buffering=0) as fh:
-        for start in range(0, where.length, CHUNK_BYTES):
-            piece = ByteRange(where.file, where.offset + start, min(CHUNK_BYTES, where.length - start), where.dtype)
-            if piece.dtype in NONFINITE and _mapped_nonfinite(fh.fileno(), piece):
-                raise error
-            yield piece
+    """`where` in pieces of CHUNK_BYTES (whole elements). Each piece's Inf/NaN test runs on a thread while the writer
+    copies that piece (both release the GIL; they read the same pages once from disk), and its verdict is awaited when
+    the writer asks for the next piece: a bad piece stops the merge (the writer asks once more after the last piece)
+    before anything is published."""
+    for start in range(0, where.length, CHUNK_BYTES):
+        piece = ByteRange(where.file, where.offset + start, min(CHUNK_BYTES, where.length - start), where.dtype)
+        verdict = _checker().submit(_mapped_nonfinite, piece) if piece.dtype in NONFINITE else None
+        yield piece
+        if verdict is not None and verdict.result():
+            raise error
 
 
 def _row_ranges(tensor: PlannedTensor) -> list[slice | None]:
