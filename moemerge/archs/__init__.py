@@ -30,7 +30,9 @@ def choose_architecture(
     for arch in candidates:
         why = arch.reasons(config, tensor_names)
         if num_shared > arch.max_shared_experts:
-            allowed = f"at most {arch.max_shared_experts} shared expert" if arch.max_shared_experts else "no shared expert"
+            allowed = (
+                f"at most {arch.max_shared_experts} shared expert" if arch.max_shared_experts else "no shared expert"
+            )
             why.append(f"takes {allowed}{'s' if arch.max_shared_experts != 1 else ''}, the config gives {num_shared}")
         if not why:
             extra = input_warnings(config, arch.class_name)
