@@ -22,6 +22,7 @@ from moemerge.options import (
     parse_size,
     setup_logging,
 )
+from moemerge.tune import TuneSettings as TuneDefaults
 
 route_app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
@@ -182,4 +183,80 @@ def push(
         print(f"pushed {out} to {url}")
 
 
-SUBCOMMANDS = {"route": route_app, "eval": eval_app, "verify": verify_app, "plan": plan_app, "push": push_app}
+tune_app = typer.Typer(add_completion=False, rich_markup_mode=None)
+
+
+@tune_app.command(help="Train only the routers of the merged model in OUT on text files (next-token loss plus the "
+                  "load-balancing loss) and write them back crash-safely; every other byte stays the same. Runs "
+                  "data-parallel under `accelerate launch moemerge tune ...`.")  # fmt: skip
+def tune(
+    out: Annotated[Path, typer.Argument(help="A folder written by moemerge (Mixtral, Qwen2-MoE or Qwen3-MoE).")],
+    data: Annotated[list[str], typer.Option("--data", metavar="[NAME=]FILE", help="UTF-8 text to train on; repeat for several (e.g. one per expert). The last windows of each file are held out.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = TuneDefaults.steps,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TuneDefaults.lr,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per step, over all processes.")] = TuneDefaults.batch_tokens,
+    seq_len: Annotated[int, typer.Option(help="Tokens per training window.")] = TuneDefaults.seq_len,
+    aux_loss_coef: Annotated[float, typer.Option(help="Weight of the load-balancing loss (transformers' router_aux_loss_coef).")] = TuneDefaults.aux_loss_coef,
+    train_top_k: Annotated[int | None, typer.Option(help="Experts per token while training (default: the model's, at least 2: a top-1 router gets no gradient from the next-token loss).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the batches.")] = TuneDefaults.seed,
+    device: DeviceOpt = "cpu",
+    max_memory: MaxMemOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    from moemerge import textdata, tuning
+    from moemerge.errors import ConfigError
+    from moemerge.tune import TuneSettings
+
+    setup_logging(verbose, quiet)
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such folder")
+    load = load_options(device, False, False, False, max_memory)
+    settings = TuneSettings(steps, lr, batch_tokens, seq_len, aux_loss_coef, seed, train_top_k)
+    bar, on_step = _tune_progress(quiet)
+    try:  # Ctrl-C: cli.py says "nothing was written"; OUT keeps its old routers
+        record = tuning.tune(out, textdata.parse_specs(data), settings, load, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if record is not None and not quiet:
+        for name, before in record["held_out_loss_before"].items():
+            print(f"{name}: held-out loss {before:.4f} -> {record['held_out_loss_after'][name]:.4f}")
+        print(f"trained the routers of {out} in {record['seconds']} s ({record['tokens_per_second']:.0f} tokens/s); "
+              f"wrote {out / tuning.RECORD}")  # fmt: skip
+
+
+def _tune_progress(quiet: bool):
+    """A progress bar with the training loss and tokens/s on a TTY; a log line every tenth step otherwise (-v)."""
+    import logging
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        log = logging.getLogger("moemerge.tune")
+        return None, lambda step, steps, loss, speed: (step % 10 == 0 or step == steps) and log.info(
+            "step %d/%d: loss %.4f, %.0f tokens/s", step, steps, loss, speed)  # fmt: skip
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tokens/s"),
+                   TimeRemainingColumn())  # fmt: skip
+    task = None
+
+    def on_step(step: int, steps: int, loss: float, speed: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("training", total=steps, loss="-", speed="-")
+        bar.update(task, completed=step, loss=f"{loss:.4f}", speed=f"{speed:,.0f}")
+
+    return bar, on_step
+
+
+SUBCOMMANDS = {
+    "route": route_app,
+    "eval": eval_app,
+    "tune": tune_app,
+    "verify": verify_app,
+    "plan": plan_app,
+    "push": push_app,
+}

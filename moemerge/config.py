@@ -52,6 +52,27 @@ class ExpertConfig(_Strict):
     residual_scale: float | None = None
 
 
+class RouterTrainingConfig(_Strict):
+    """`router_training:` -- train the routers (`moemerge tune`) before the output is moved into place. Unset values
+    take tune's defaults; data paths are relative to the config."""
+
+    data: str | list[str] | dict[str, str]
+    steps: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    batch_tokens: int | None = Field(default=None, ge=2)
+    seq_len: int | None = Field(default=None, ge=2)
+    aux_loss_coef: float | None = Field(default=None, ge=0)
+    train_top_k: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("give a text file, a list of files (e.g. one per expert) or a mapping name -> file")
+        return value
+
+
 class MergeConfig(_Strict):
     base_model: str = Field(min_length=1)
     experts: list[ExpertConfig] = Field(min_length=1)
@@ -61,6 +82,7 @@ class MergeConfig(_Strict):
     shared_experts: list[ExpertConfig] | None = None
     architecture: str | None = None
     seed: int | None = None
+    router_training: RouterTrainingConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +112,8 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     in_expert = any(part in ("experts", "shared_experts") for part in loc[:-1])
+    if "router_training" in loc[:-1]:
+        return list(RouterTrainingConfig.model_fields)
     return list((ExpertConfig if in_expert else MergeConfig).model_fields)
 
 
@@ -153,7 +177,27 @@ def load_config(path: str | Path) -> MergeConfig:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if isinstance(data, dict):
         data = _read_prompt_files(data, base_dir=path.resolve().parent, source=str(path))
+        data = _resolve_training_data(data, base_dir=path.resolve().parent)
     return parse_config(data, source=str(path))
+
+
+def _resolve_training_data(data: dict[str, Any], *, base_dir: Path) -> dict[str, Any]:
+    """`router_training.data` paths relative to the config become absolute (moemerge.yml reruns from anywhere)."""
+    section = data.get("router_training")
+    files = section.get("data") if isinstance(section, dict) else None
+
+    def where(file: Any) -> Any:
+        return str(base_dir / file) if isinstance(file, str) and file else file
+
+    if isinstance(files, str):
+        files = where(files)
+    elif isinstance(files, list):
+        files = [where(f) for f in files]
+    elif isinstance(files, dict):
+        files = {k: where(v) for k, v in files.items()}
+    else:
+        return data
+    return {**data, "router_training": {**section, "data": files}}
 
 
 PROMPT_FIELDS = ("positive_prompts", "negative_prompts")

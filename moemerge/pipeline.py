@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moemerge import card, checks, hub, output, routing, spellings, verify
+from moemerge import card, checks, hub, output, routing, spellings, tuning, verify
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import MergeConfig, dump_config, load_config
 from moemerge.errors import (
@@ -90,6 +90,8 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     arch, reasons = choose_architecture(requested, base.config, set(base.tensors), num_shared=len(shared))
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
+    if config.router_training is not None:
+        problems += tuning.check_section(config.router_training, arch.model_type if arch else None)
     if problems:
         raise problems_error(IncompatibleModelsError, problems)
     for warning in arch.warnings:
@@ -197,10 +199,16 @@ def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Prog
             raise problems_error(
                 MergeFailedError, [f"the written checkpoint fails verification: {f}" for f in findings]
             )
+        training = None
+        if prepared.config.router_training is not None:
+            training = tuning.tune_merge(tmp, prepared.config.router_training, seed=prepared.seed, load=options.load,
+                                         tokenizer_from=prepared.base.path, progress=progress)  # fmt: skip
         if options.routing_report:
             _routing_report(prepared, tmp, options)
         if options.write_card:
             _card(prepared, tmp, resolved, name=out.resolve().name, license=options.license)
+            if training is not None:
+                tuning.annotate_card(tmp, training)
         log.info("moving %s into place", out)
         output.publish(tmp, out)
     except BaseException as exc:
