@@ -168,9 +168,17 @@ def _usage_error(exc: typer.TyperException, prog: str) -> str:
 def _run(command, args: list[str], debug: bool, prog: str = "moemerge") -> int:
     _state.update(signal=None, written=None)
     hub_access.CACHE.update(dir=None, unreachable=None)  # each run (a notebook makes many) starts afresh
+    previous = {}
     with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
-        for signum in INTERRUPTS:
-            signal.signal(signum, _interrupt)
+        previous = {signum: signal.signal(signum, _interrupt) for signum in INTERRUPTS}
+    try:
+        return _invoke(command, args, debug, prog)
+    finally:  # a notebook or a test calls main() again: its own Ctrl-C handling comes back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _invoke(command, args: list[str], debug: bool, prog: str) -> int:
     try:
         result = command.main(args=args, prog_name=prog, standalone_mode=False)
         if _state["signal"] is not None:  # typer turns KeyboardInterrupt into a returned 130
