@@ -12,14 +12,22 @@ import yaml
 COMMAND_LINES = {
     # mergekit docs/moe.md: "The script takes two arguments, an input config and an output path"
     "mergekit docs/moe.md": "CONFIG OUT",
-    # mlabonne's frankenMoE tutorial ("Create Mixtures of Experts with MergeKit"), its merge cell
-    "frankenMoE tutorial": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 1B --lazy-unpickle",
-    # LazyMergekit notebook: CPU runtime and GPU runtime flags after `... config.yaml merge --copy-tokenizer`
+    # mlabonne's frankenMoE tutorial ("Create Mixtures of Experts with MergeKit"): enough RAM, then "shard the models"
+    "frankenMoE tutorial": "CONFIG OUT --copy-tokenizer",
+    "frankenMoE tutorial, sharded": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 1B --lazy-unpickle",
+    # LazyMergekit notebook, mixtral branch: `mergekit-moe config.yaml merge --copy-tokenizer` plus the runtime's
+    # flags (CPU or GPU) and, when ticked, --trust-remote-code
     "LazyMergekit (CPU)": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 1B --lazy-unpickle",
-    "LazyMergekit (GPU)": "CONFIG OUT --copy-tokenizer --cuda --low-cpu-memory",
-    # arcee-ai's mergekit-gui Space: the flags it appends to every run
-    "mergekit-gui Space": "CONFIG OUT --lora-merge-cache /tmp/lora_cache --copy-tokenizer --allow-crimes "
-    "--out-shard-size 1B --lazy-unpickle",
+    "LazyMergekit (GPU)": "CONFIG OUT --copy-tokenizer --cuda --low-cpu-memory --trust-remote-code",
+    # arcee-ai's mergekit-gui Space: its base command plus a LoRA cache in a temporary folder
+    "mergekit-gui Space": "CONFIG OUT --copy-tokenizer --lora-merge-cache CACHE/.lora_cache",
+    # a local fork of that GUI on a CPU machine
+    "local mergekit-gui (CPU)": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 1B --lazy-unpickle "
+    "--transformers-cache CACHE/cache1 --lora-merge-cache CACHE/cache",
+    # blog walkthroughs of medical and Chinese-language frankenMoEs
+    "walkthrough (os.system)": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 1B --trust-remote-code",
+    "walkthrough (5B shards)": "CONFIG OUT --copy-tokenizer --allow-crimes --out-shard-size 5B --lazy-unpickle "
+    "--trust-remote-code",
     # mergekit's MergeOptions, every flag (and the --no- forms) as its add_merge_options writes them
     "mergekit MergeOptions": "CONFIG OUT --allow-crimes --transformers-cache CACHE --lora-merge-cache /tmp/l "
     "--no-cuda --no-low-cpu-memory --out-shard-size 5B --copy-tokenizer --no-clone-tensors --no-trust-remote-code "
