@@ -215,8 +215,11 @@ GLOBAL_FLAGS = re.compile(r"-v+|--verbose|-q|--quiet")
 
 
 def _command(typer_app: typer.Typer):
-    """The click command, with `CONFIG OUT` on its usage line (typer writes required arguments as `{config}`)."""
+    """The click command, with `CONFIG OUT` on its usage line and in its errors (typer writes `{config}`)."""
     command = typer.main.get_command(typer_app)
+    for param in command.params:  # `Missing argument 'OUT'`, as the usage line writes it
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
     pieces = command.collect_usage_pieces
     command.collect_usage_pieces = lambda ctx: [
         re.sub(r"\{(\w+)\}", lambda m: m[1].upper(), piece) for piece in pieces(ctx)

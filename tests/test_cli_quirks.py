@@ -25,6 +25,12 @@ def test_version_is_in_help_and_works_with_other_options(cli):
         assert (code, err) == (0, "") and out.startswith("moemerge "), args
 
 
+def test_arguments_are_named_as_the_usage_line_names_them(cli):
+    code, out, _ = cli("verify", "--help")
+    assert code == 0 and out.splitlines()[0] == "Usage: moemerge verify [OPTIONS] OUT"
+    assert cli("plan")[2] == "error: Missing argument 'CONFIG'. (see `moemerge plan --help`)\n"
+
+
 def test_flags_before_a_verb_go_to_the_verb(cli, config):
     code, out, err = cli("-v", "plan", config)
     assert code == 0, err
