@@ -3,72 +3,30 @@ tensor in the output dtype, or, for a tensor that needs no change (the common ca
 
 from __future__ import annotations
 
-import mmap
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 from moemerge.errors import SourceError
+from moemerge.finite import Prechecks, has_nonfinite
 from moemerge.plan import FromModel, FromRouter, PlannedTensor, Zeros
 from moemerge.sources import ByteRange, ModelSource
 
-CHUNK_BYTES = 64 * 1024**2  # one read/convert/write step; bounds memory whatever the tensor size
-CHECK_BLOCK = 2**18  # elements per Inf/NaN test: its temporary stays in the CPU cache
-# float dtype -> (integer view, mask that drops the sign bit, smallest masked value that is Inf or NaN)
-NONFINITE = {
-    "float64": ("<u8", 0x7FFF_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000),
-    "float32": ("<u4", 0x7FFF_FFFF, 0x7F80_0000),
-    "float16": ("<u2", 0x7FFF, 0x7C00),
-    "bfloat16": ("<u2", 0x7FFF, 0x7F80),
-    "float8_e5m2": ("u1", 0x7F, 0x7C),
-    "float8_e4m3fn": ("u1", 0x7F, 0x7F),  # no Inf; S.1111.111 is NaN
-}
+CHUNK_BYTES = 64 * 1024**2  # one read/convert/write (or copy) step; bounds memory whatever the tensor size
 
 
-def has_nonfinite(buffer, dtype: str) -> bool:
-    """Whether the `dtype` elements in `buffer` include an Inf or NaN: every exponent bit set (and, for e4m3fn, every
-    mantissa bit), tested on the integer bits, which costs a fraction of `isfinite()`."""
-    if dtype not in NONFINITE:
-        return False
-    import numpy as np
-
-    code, mask, limit = NONFINITE[dtype]
-    values = np.frombuffer(buffer, dtype=code)
-    return any((values[i : i + CHECK_BLOCK] & mask).max() >= limit for i in range(0, values.size, CHECK_BLOCK))
+def _pieces(where: ByteRange) -> list[ByteRange]:
+    """`where` in pieces of CHUNK_BYTES (whole elements: CHUNK_BYTES is a multiple of every element size)."""
+    return [ByteRange(where.file, where.offset + start, min(CHUNK_BYTES, where.length - start), where.dtype)
+            for start in range(0, where.length, CHUNK_BYTES)]  # fmt: skip
 
 
-def _mapped_nonfinite(piece: ByteRange) -> bool:
-    """The Inf/NaN test on a read-only map of the file's pages, unmapped on return: nothing is copied into this process
-    and its resident memory does not grow."""
-    aligned = piece.offset - piece.offset % mmap.ALLOCATIONGRANULARITY
-    with (
-        open(piece.file, "rb", buffering=0) as fh,
-        mmap.mmap(fh.fileno(), piece.offset + piece.length - aligned, prot=mmap.PROT_READ, offset=aligned) as mapped,
-    ):
-        view = memoryview(mapped)[piece.offset - aligned :]
-        try:
-            return has_nonfinite(view, piece.dtype)
-        finally:
-            view.release()
-
-
-@cache
-def _checker() -> ThreadPoolExecutor:
-    """One background thread for the Inf/NaN tests, for the life of the process."""
-    return ThreadPoolExecutor(1, thread_name_prefix="moemerge-check")
-
-
-def _checked_pieces(where: ByteRange, error: SourceError) -> Iterator[ByteRange]:
-    """`where` in pieces of CHUNK_BYTES (whole elements). Each piece's Inf/NaN test runs on a thread while the writer
-    copies that piece (both release the GIL; they read the same pages once from disk), and its verdict is awaited when
-    the writer asks for the next piece: a bad piece stops the merge (the writer asks once more after the last piece)
-    before anything is published."""
-    for start in range(0, where.length, CHUNK_BYTES):
-        piece = ByteRange(where.file, where.offset + start, min(CHUNK_BYTES, where.length - start), where.dtype)
-        verdict = _checker().submit(_mapped_nonfinite, piece) if piece.dtype in NONFINITE else None
+def _checked_pieces(where: ByteRange, error: SourceError, prechecks: Prechecks) -> Iterator[ByteRange]:
+    """The pieces of `where` for the writer to copy. Each one's Inf/NaN verdict (tested on a thread, ahead of the
+    copy) is awaited when the writer asks for the next piece: a bad piece stops the merge (the writer asks once more
+    after the last piece) before anything is published."""
+    for piece in _pieces(where):
         yield piece
-        if verdict is not None and verdict.result():
+        if prechecks.nonfinite(piece):
             raise error
 
 
@@ -96,33 +54,44 @@ def _transform(raw, tensor: PlannedTensor, rows: slice | None, seed: int):
     return work.to(dtype)
 
 
-def _unchanged(tensor: PlannedTensor, source: ModelSource, name: str, rows: slice | None) -> ByteRange | None:
-    """The stored bytes of a source tensor (or row range) that the output takes as they are, if it does."""
-    if tensor.noise_scale or tensor.scale != 1.0 or tensor.dtype != source.tensors[name].dtype:
+def _unchanged(tensor: PlannedTensor, sources: list[ModelSource]) -> ByteRange | None:
+    """The stored bytes of the source tensor (or row range of a fused one) that the output takes as they are, if so."""
+    if not isinstance(tensor.source, FromModel) or tensor.noise_scale or tensor.scale != 1.0:
         return None
-    return source.byte_range(name, rows)
+    source, name = sources[tensor.source.model], tensor.source.name
+    if tensor.dtype != source.tensors[name].dtype:
+        return None
+    return source.byte_range(name, _source_rows(tensor, source))
 
 
-def _from_model(tensor: PlannedTensor, source: ModelSource, name: str, start: int, seed: int) -> Iterator:
+def _source_rows(tensor: PlannedTensor, source: ModelSource) -> slice | None:
+    """The source rows a tensor takes; None for the whole source tensor."""
+    start, info = tensor.source.start, source.tensors[tensor.source.name]
+    partial = start != 0 or tensor.shape != info.shape  # a piece of a fused tensor
+    return slice(start, start + tensor.shape[0]) if partial else None
+
+
+def _from_model(tensor: PlannedTensor, sources: list[ModelSource], seed: int, prechecks: Prechecks) -> Iterator:
     import torch
 
+    source, name = sources[tensor.source.model], tensor.source.name
     error = SourceError(f"model '{source.ref}': tensor {name} contains NaN or Inf; the model is broken")
-    partial = start != 0 or tensor.shape != source.tensors[name].shape  # a piece of a fused tensor
-    where = _unchanged(tensor, source, name, slice(start, start + tensor.shape[0]) if partial else None)
+    where = _unchanged(tensor, sources)
     if where is not None:
-        yield from _checked_pieces(where, error)
+        yield from _checked_pieces(where, error, prechecks)
         return
+    whole = _source_rows(tensor, source)
     for rows in _row_ranges(tensor):
-        if partial:
+        if whole is not None:
             rows = rows or slice(0, tensor.shape[0])
-            rows = slice(start + rows.start, start + rows.stop)
+            rows = slice(whole.start + rows.start, whole.start + rows.stop)
         raw = source.read(name, rows).contiguous()
         if has_nonfinite(raw.reshape(-1).view(torch.uint8).numpy(), str(raw.dtype).removeprefix("torch.")):
             raise error
         yield _transform(raw, tensor, rows, seed)
 
 
-def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: int) -> Iterator:
+def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: int, prechecks: Prechecks) -> Iterator:
     import torch
 
     match tensor.source:
@@ -130,8 +99,8 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
             yield routers[group][layer].to(getattr(torch, tensor.dtype))
         case Zeros():
             yield torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype))
-        case FromModel(model=model, name=name, start=start):
-            yield from _from_model(tensor, sources[model], name, start, seed)
+        case FromModel():
+            yield from _from_model(tensor, sources, seed, prechecks)
 
 
 def stream_tensors(tensors: list[PlannedTensor], *, sources: list[ModelSource], routers, seed: int):
@@ -140,5 +109,10 @@ def stream_tensors(tensors: list[PlannedTensor], *, sources: list[ModelSource], 
 
     `routers` maps a router group (`routed`, `shared`) to a (layers, rows, hidden) tensor.
     """
-    for tensor in tensors:
-        yield tensor.name, _chunks(tensor, sources, routers, seed)
+    copied = (_unchanged(tensor, sources) for tensor in tensors)
+    prechecks = Prechecks(piece for where in copied if where is not None for piece in _pieces(where))
+    try:
+        for tensor in tensors:
+            yield tensor.name, _chunks(tensor, sources, routers, seed, prechecks)
+    finally:
+        prechecks.cancel()

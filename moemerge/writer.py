@@ -49,10 +49,11 @@ def header_bytes(entries: list[tuple[str, str, tuple[int, ...]]]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def _write_all(fd: int, data) -> None:
+def _write_all(fh, data) -> None:
+    """All of `data` to an unbuffered file (whose write may take less than it is given)."""
     view = memoryview(data).cast("B")
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[fh.write(view) :]
 
 
 @dataclass
@@ -64,13 +65,13 @@ class _Copier:
     fds: dict[Path, int] = field(default_factory=dict)
     buffer: bytearray | None = None
 
-    def copy(self, piece: ByteRange, out: int) -> int:
+    def copy(self, piece: ByteRange, fh) -> int:
         if piece.file not in self.fds:
             self.fds[piece.file] = os.open(piece.file, os.O_RDONLY)
         src, done = self.fds[piece.file], 0
         while self.kernel and done < piece.length:
             try:
-                copied = os.copy_file_range(src, out, piece.length - done, piece.offset + done)
+                copied = os.copy_file_range(src, fh.fileno(), piece.length - done, piece.offset + done)
             except OSError as exc:
                 if exc.errno not in NO_KERNEL_COPY:
                     raise
@@ -86,7 +87,7 @@ class _Copier:
             got = os.preadv(src, [view], piece.offset + done)
             if got == 0:
                 raise SourceError(f"{piece.file}: file ended early (was it changed during the merge?)")
-            _write_all(out, view[:got])
+            _write_all(fh, view[:got])
             done += got
         return done
 
@@ -96,16 +97,16 @@ class _Copier:
         self.fds.clear()
 
 
-def _write_tensor(out: int, name: str, expected: int, chunks: Iterable, copier: _Copier) -> None:
+def _write_tensor(fh, name: str, expected: int, chunks: Iterable, copier: _Copier) -> None:
     import torch
 
     written = 0
     for chunk in chunks:
         if isinstance(chunk, ByteRange):
-            written += copier.copy(chunk, out)
+            written += copier.copy(chunk, fh)
             continue
         data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        _write_all(out, data)
+        _write_all(fh, data)
         written += data.nbytes
     if written != expected:
         raise MergeFailedError(f"tensor {name}: wrote {written} bytes, expected {expected}")
@@ -125,12 +126,12 @@ def write_shards(
         for layout in layouts:
             log.info("writing %s", layout.filename)
             with open(folder / layout.filename, "wb", buffering=0) as fh:
-                _write_all(fh.fileno(), header_bytes(layout.entries))
+                _write_all(fh, header_bytes(layout.entries))
                 for name, dtype, shape in layout.entries:
                     got, chunks = next(stream)
                     if got != name:
                         raise MergeFailedError(f"tensor stream out of order: got {got}, expected {name}")
-                    _write_tensor(fh.fileno(), name, _nbytes(dtype, shape), chunks, copier)
+                    _write_tensor(fh, name, _nbytes(dtype, shape), chunks, copier)
                     on_tensor(name, _nbytes(dtype, shape))
     finally:
         copier.close()

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from test_merge_mixtral import ALLOW_SAME
 
-from moemerge import stream
+from moemerge import finite, stream
 from moemerge.errors import SourceError
 from moemerge.plan import FromModel, PlannedTensor
 from moemerge.sources import ModelSource, read_safetensors_header
@@ -126,25 +126,25 @@ def test_disk_full_during_kernel_copy_is_one_line(models, write_config, cli, tmp
 def test_nonfinite_test_agrees_with_isfinite(dtype):
     torch_dtype = getattr(torch, dtype)
     finfo = torch.finfo(torch_dtype)
-    finite = torch.cat(
+    clean = torch.cat(
         [
             torch.randn(5000, dtype=torch.float64),
             torch.tensor([finfo.max, -finfo.max, finfo.tiny, -0.0, 0.0], dtype=torch.float64),
         ]
     )
-    finite = finite.to(torch_dtype)
-    assert finite.double().isfinite().all()
-    block = stream.CHECK_BLOCK
-    assert not stream.has_nonfinite(finite.view(torch.uint8).numpy(), dtype)
+    clean = clean.to(torch_dtype)
+    assert clean.double().isfinite().all()
+    block = finite.CHECK_BLOCK
+    assert not finite.has_nonfinite(clean.view(torch.uint8).numpy(), dtype)
     for bad in (float("nan"), float("inf"), float("-inf")):
         for where in (0, 4999, 5004):
-            values = finite.clone()
+            values = clean.clone()
             values[where] = torch.tensor(bad).to(torch_dtype)
             expected = not values.double().isfinite().all()  # float8_e4m3fn has no Inf: it saturates or is NaN
-            assert stream.has_nonfinite(values.view(torch.uint8).numpy(), dtype) == expected, (bad, where)
+            assert finite.has_nonfinite(values.view(torch.uint8).numpy(), dtype) == expected, (bad, where)
     long = torch.zeros(3 * block + 7, dtype=torch_dtype)
     long[2 * block + 3] = float("nan")  # in a later block of the test
-    assert stream.has_nonfinite(long.view(torch.uint8).numpy(), dtype)
+    assert finite.has_nonfinite(long.view(torch.uint8).numpy(), dtype)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -162,8 +162,8 @@ def test_nan_found_on_the_copy_path(tmp_path, monkeypatch, dtype):
 
     def chunks(name):
         planned = PlannedTensor(name, (300, 40), dtype, FromModel(0, name))
-        ((_, pieces),) = stream.stream_tensors([planned], sources=[source], routers={}, seed=0)
-        return list(pieces)
+        for _, pieces in stream.stream_tensors([planned], sources=[source], routers={}, seed=0):
+            return list(pieces)  # consumed as the writer does, while the stream is open
 
     pieces = chunks("good")
     assert len(pieces) > 1 and all(isinstance(p, stream.ByteRange) for p in pieces)
@@ -198,3 +198,21 @@ def test_small_merges_load_no_model_or_tokenizer_code(models, write_config, tmp_
     assert report["code"] == 0, proc.stderr
     assert [m for m in report["modules"] if HEAVY.match(m)] == []
     assert HEAVY.match("transformers.models.llama.modeling_llama") and HEAVY.match("transformers.modeling_utils")
+
+
+def test_prechecks_run_ahead_and_answer_for_any_piece(tmp_path, monkeypatch):
+    bad = torch.zeros(64, dtype=torch.float16)
+    bad[40] = float("inf")
+    file = tmp_path / "model.safetensors"
+    save_file({"bad": bad, "good": torch.ones(64, dtype=torch.float16)}, str(file))
+    info = read_safetensors_header(file)
+    good_piece, bad_piece = (stream.ByteRange(file, info[n].offset, 128, "float16") for n in ("good", "bad"))
+    checks = finite.Prechecks([good_piece, bad_piece, good_piece])
+    assert [piece for piece, _ in checks.started] == [good_piece, bad_piece, good_piece]  # begun before any is asked
+    assert checks.nonfinite(good_piece) is False
+    assert checks.nonfinite(good_piece) is False  # out of order (bad skipped): tested here and now
+    assert finite.Prechecks([]).nonfinite(bad_piece) is True  # not foreseen at all
+    monkeypatch.setattr(finite, "AHEAD_BYTES", 128)
+    checks = finite.Prechecks([good_piece, bad_piece])
+    assert len(checks.started) == 1 and checks.nonfinite(good_piece) is False and len(checks.started) == 1
+    assert checks.nonfinite(bad_piece) is True
