@@ -62,6 +62,8 @@ def test_domains_are_deterministic_distinct_and_held_out():
     assert math.held_out != data.domains(1)["math"].held_out
     assert "def " in code.train and "The answer is" in math.held_out
     assert "def " not in prose.train and "The answer is" not in prose.train
+    for domain in first.values():  # training documents end like chat answers; held-out text is plain
+        assert domain.train.count(data.END) > 10 and data.END not in domain.held_out
 
 
 def test_word_problems_are_right():
@@ -88,6 +90,9 @@ def test_written_config_is_a_valid_merge_config(tmp_path):
     assert config.gate_mode == "hidden_avg" and config.experts_per_token == 2
     assert [e.source_model for e in config.experts] == [str(tmp_path / n) for n in data.DOMAINS]
     assert config.experts[1].positive_prompts == ["a math prompt"]
+    assert config.experts[1].negative_prompts == ["a code prompt", "a prose prompt"]
+    plain = load_config(write_config(tmp_path / "p.yaml", found, contrast=False))
+    assert plain.gate_mode == "hidden" and plain.experts_per_token == 1 and not plain.experts[0].negative_prompts
 
 
 def test_the_merge_path_never_imports_the_real_assets():

@@ -17,7 +17,7 @@ from moemerge.real import experts as _experts
 from moemerge.real.cache import built, cache_root
 
 SEED = 0
-DATA_RECIPE = {"what": "data", "seed": SEED, "python": list(sys.version_info[:2]), "version": 1}
+DATA_RECIPE = {"what": "data", "seed": SEED, "python": list(sys.version_info[:2]), "version": 2}
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,19 @@ def assets(cache: str | Path | None = None) -> Assets:
     )
 
 
-def merge_config(found: Assets, *, gate_mode: str = "hidden", experts_per_token: int = 1) -> dict:
-    """A moemerge config (as a dict) merging the real experts over the real base, in float32."""
-    return {
-        "base_model": str(found.base),
-        "gate_mode": gate_mode,
-        "dtype": "float32",
-        "experts_per_token": experts_per_token,
-        "experts": [
-            {"source_model": str(path), "positive_prompts": found.prompts[name]} for name, path in found.experts.items()
-        ],
-    }
+def merge_config(
+    found: Assets, *, gate_mode: str = "hidden", experts_per_token: int = 1, contrast: bool = True
+) -> dict:
+    """A moemerge config (as a dict) merging the real experts over the real base, in float32. `contrast`: each
+    expert's negative prompts are the other domains' prompts, so its router row leaves out what all domains share."""
+    experts = []
+    for name, path in found.experts.items():
+        expert = {"source_model": str(path), "positive_prompts": found.prompts[name]}
+        if contrast:
+            expert["negative_prompts"] = [p for other, ps in found.prompts.items() if other != name for p in ps]
+        experts.append(expert)
+    return {"base_model": str(found.base), "gate_mode": gate_mode, "dtype": "float32",
+            "experts_per_token": experts_per_token, "experts": experts}  # fmt: skip
 
 
 def write_config(path: Path, found: Assets, **options) -> Path:

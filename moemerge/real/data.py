@@ -13,25 +13,26 @@ DOMAINS = ("code", "math", "prose")
 TRAIN_CHARS = 120_000  # more than a fine-tune of a few dozen 4 x 128-token steps reads
 EVAL_CHARS = 10_000  # about 2,500-3,000 tokens of held-out text per domain
 PROMPTS = 8  # positive prompts per domain (train side), and as many held-out prompts (eval side)
+END = "<|im_end|>\n"  # ends each training document, so the experts keep ending their chat answers
 
 
 @dataclass(frozen=True)
 class Domain:
     name: str
-    train: str
+    train: str  # documents end with END
     held_out: str
     prompts: list[str]  # short prompts from the train side, for the gate config
     held_out_prompts: list[str]  # short prompts from the held-out side, for routing checks
 
 
-def _take(pieces: list[str], chars: int) -> str:
+def _take(pieces: list[str], chars: int, sep: str = "\n\n") -> str:
     out, total = [], 0
     for piece in pieces:
         if total >= chars:
             break
         out.append(piece)
         total += len(piece)
-    return "\n\n".join(out)[:chars]
+    return sep.join(out)[:chars]
 
 
 def _first_lines(pieces: list[str], count: int, pattern: str) -> list[str]:
@@ -55,7 +56,7 @@ def code(seed: int) -> Domain:
     pieces = [f.read_text(encoding="utf-8", errors="replace")[:6000] for f in files]
     held, train = pieces[:12], pieces[12:]
     pattern = r"(def \w+\(|class \w+|import \w|from [\w.]+ import \w|return \w)"
-    return Domain("code", _take(train, TRAIN_CHARS), _take(held, EVAL_CHARS),
+    return Domain("code", _take(train, TRAIN_CHARS, END), _take(held, EVAL_CHARS),
                   _first_lines(train, PROMPTS, pattern), _first_lines(held, PROMPTS, pattern))  # fmt: skip
 
 
@@ -97,7 +98,7 @@ def math(seed: int) -> Domain:
     """Generated word problems; the held-out text comes from another seed's generator."""
     train = [_problem(random.Random(f"math-train-{seed}-{i}")) for i in range(TRAIN_CHARS // 150)]
     held = [_problem(random.Random(f"math-eval-{seed}-{i}")) for i in range(EVAL_CHARS // 150)]
-    return Domain("math", _take(train, TRAIN_CHARS), _take(held, EVAL_CHARS),
+    return Domain("math", _take(train, TRAIN_CHARS, END), _take(held, EVAL_CHARS),
                   [p.split("\n")[0] for p in train[:PROMPTS]], [p.split("\n")[0] for p in held[:PROMPTS]])  # fmt: skip
 
 
@@ -122,7 +123,7 @@ def prose(seed: int) -> Domain:
     random.Random(seed).shuffle(names)
     pieces = ["\n\n".join(p) for p in (_prose_paragraphs(topics[n]) for n in names) if p]
     held, train = pieces[:10], pieces[10:]
-    return Domain("prose", _take(train, TRAIN_CHARS), _take(held, EVAL_CHARS),
+    return Domain("prose", _take(train, TRAIN_CHARS, END), _take(held, EVAL_CHARS),
                   _first_sentences(train), _first_sentences(held))  # fmt: skip
 
 

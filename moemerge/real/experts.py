@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from moemerge.real.cache import progress
@@ -59,8 +60,8 @@ def mean_loss(model, tokenizer, text: str, *, tokens: int = 128, batch: int = 8)
     return total / len(windows)
 
 
-def fine_tune(model, tokenizer, text: str, *, seed: int, steps: int, batch: int, tokens: int, lr: float,
-              warmup: int) -> list[float]:  # fmt: skip
+def fine_tune(model, tokenizer, text: str, *, seed: int, steps: int, batch: int, tokens: int, lr: float, warmup: int,
+              on_step: Callable[[int, float], None] = lambda step, loss: None) -> list[float]:  # fmt: skip
     """Train only the MLP weights on random windows of `text` (seeded); returns the loss of each step."""
     import torch
 
@@ -83,6 +84,7 @@ def fine_tune(model, tokenizer, text: str, *, seed: int, steps: int, batch: int,
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        on_step(len(losses), losses[-1])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -101,7 +103,12 @@ def build_expert(base: Path, folder: Path, text: str, *, seed: int, name: str) -
         start = time.perf_counter()
         progress(f"training the {name} expert: {TRAINING['steps']} steps of {TRAINING['batch']} x "
                  f"{TRAINING['tokens']} tokens on {torch.get_num_threads()} thread(s)")  # fmt: skip
-        losses = fine_tune(model, tokenizer, text, seed=seed, **TRAINING)
+
+        def report(step: int, loss: float) -> None:
+            if step % 10 == 0 and step < TRAINING["steps"]:
+                progress(f"{name} expert: step {step}/{TRAINING['steps']}, loss {loss:.3f}")
+
+        losses = fine_tune(model, tokenizer, text, seed=seed, on_step=report, **TRAINING)
         seconds = time.perf_counter() - start
         progress(f"{name} expert: train loss {sum(losses[:3]) / 3:.3f} -> {sum(losses[-3:]) / 3:.3f} "
                  f"in {seconds:.0f} s")  # fmt: skip
