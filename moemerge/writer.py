@@ -84,7 +84,8 @@ class _Copier:
         while done < piece.length:
             self.buffer = self.buffer or bytearray(BUFFER_BYTES)
             view = memoryview(self.buffer)[: min(BUFFER_BYTES, piece.length - done)]
-            got = os.preadv(src, [view], piece.offset + done)
+            os.lseek(src, piece.offset + done, os.SEEK_SET)
+            got = os.readv(src, [view])
             if got == 0:
                 raise SourceError(f"{piece.file}: file ended early (was it changed during the merge?)")
             _write_all(fh, view[:got])
