@@ -126,6 +126,11 @@ def _fill_after(monkeypatch, limit: int) -> None:
 
     monkeypatch.setattr("moemerge.writer.open", filling_open, raising=False)
 
+    def no_kernel_copy(*args, **kwargs):  # an in-kernel copy would bypass the stand-in's write()
+        raise OSError(errno.EXDEV, "stand-in: copy through memory")
+
+    monkeypatch.setattr(os, "copy_file_range", no_kernel_copy, raising=False)
+
 
 def test_full_disk_fails_before_any_work(job, cli, tmp_path, monkeypatch):
     with small_filesystem(tmp_path / "small", "1m") as mounted:
