@@ -52,7 +52,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 @app.command(
     help="Merge the base and expert models named in CONFIG into one MoE checkpoint written to OUT.",
     epilog="Other commands: `moemerge plan CONFIG` (dry run), `moemerge verify OUT`, `moemerge route OUT` "
-    "(routing report), `moemerge eval OUT` (loss and perplexity), `moemerge push OUT REPO_ID`; each takes "
+    "(routing report), `moemerge eval OUT` (loss and perplexity), `moemerge tune OUT --data FILE` (train the routers), "
+    "`moemerge push OUT REPO_ID`; each takes "
     "--help.\n\n" + compat.HELP_NOTE,
 )
 def merge(
