@@ -92,7 +92,7 @@ def test_written_config_is_a_valid_merge_config(tmp_path):
     assert config.experts[1].positive_prompts == ["a math prompt"]
     assert config.experts[1].negative_prompts == ["a code prompt", "a prose prompt"]
     plain = load_config(write_config(tmp_path / "p.yaml", found, contrast=False))
-    assert plain.gate_mode == "hidden" and plain.experts_per_token == 1 and not plain.experts[0].negative_prompts
+    assert plain.gate_mode == "mlp_input_avg" and plain.experts_per_token == 1 and not plain.experts[0].negative_prompts
 
 
 def test_the_merge_path_never_imports_the_real_assets():

@@ -64,10 +64,11 @@ def assets(cache: str | Path | None = None) -> Assets:
 
 
 def merge_config(
-    found: Assets, *, gate_mode: str = "hidden", experts_per_token: int = 1, contrast: bool = True
+    found: Assets, *, gate_mode: str = "mlp_input_avg", experts_per_token: int = 1, contrast: bool = True
 ) -> dict:
     """A moemerge config (as a dict) merging the real experts over the real base, in float32. `contrast`: each
-    expert's negative prompts are the other domains' prompts, so its router row leaves out what all domains share."""
+    expert's negative prompts are the other domains' prompts, so its router row leaves out what all domains share.
+    The defaults route each domain's held-out prompts to its own expert best (tests/test_real_models.py)."""
     experts = []
     for name, path in found.experts.items():
         expert = {"source_model": str(path), "positive_prompts": found.prompts[name]}
