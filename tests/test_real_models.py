@@ -14,10 +14,10 @@ from moemerge.real.base import FRANCE, chat_answer
 
 pytestmark = pytest.mark.real
 QUESTIONS = [FRANCE, "How many days are there in a week?", "Name three primary colors."]
-# hidden_avg gates with the other domains' prompts as negatives, top-1: each domain's held-out prompts pick their own
-# expert more than any other (measured: code 49.7%, math 54.9%, prose 54.7% of tokens; chance is 33%)
-GATE_MODE, TOP_K = "hidden_avg", 1
-HIT_RATE = 0.42
+# mlp_input_avg gates with the other domains' prompts as negatives, top-1: each domain's held-out prompts pick their
+# own expert (measured: code 93.7%, math 80.2%, prose 72.5% of tokens; chance is 33%; hidden_avg: 49.7/54.9/54.7%)
+GATE_MODE, TOP_K = "mlp_input_avg", 1
+HIT_RATE = 0.6
 
 
 def _cli(*args) -> int:
@@ -108,8 +108,8 @@ def test_each_domain_reaches_its_own_expert(real_assets, real_moe, tmp_path):
 
 
 def test_eval_compare_places_the_moe_between_the_base_and_each_expert(real_assets, real_moe):
-    """Measured (loss over 256-token windows): code base 2.673 / code expert 2.547 / MoE 2.542; math 1.445 / 0.521 /
-    0.581; prose 3.008 / 2.445 / 2.558."""
+    """Measured (loss over 256-token windows, base / own expert / MoE): code 2.673 / 2.547 / 2.576; math 1.445 /
+    0.521 / 0.528; prose 3.008 / 2.445 / 2.495."""
     data = [f"--data={name}={path}" for name, path in real_assets.eval_files.items()]
     assert _cli("eval", real_moe, *data, "--compare", "-q") == 0
     result = json.loads((real_moe / "eval.json").read_text())
@@ -118,6 +118,6 @@ def test_eval_compare_places_the_moe_between_the_base_and_each_expert(real_asset
     for i, row in enumerate(result["datasets"]):
         loss, own = row["loss"], f"{i}: {row['name']}"
         assert loss[own] <= loss["base"] - 0.08, row  # each expert beats the base on its own domain
-        assert loss["MoE"] <= loss["base"] - 0.08, row  # so does the MoE, on every domain
+        assert loss["MoE"] <= loss["base"] - 0.05, row  # so does the MoE, on every domain
         assert loss["MoE"] <= loss[own] + 0.2, row  # and stays near the domain's expert
         assert all(loss[own] < loss[f"{j}: {other}"] for j, other in enumerate(real_assets.experts) if j != i), row
