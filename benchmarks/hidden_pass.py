@@ -6,7 +6,10 @@ load + one plain forward over the same tokens in the same batches, no hidden sta
 tokens/s, their ratio (target <= 1.3) and each run's peak RSS (target: the same model + one chunk of activations,
 nothing per expert).
 
-    python benchmarks/hidden_pass.py [--device cpu|cuda] [--layers 8]
+`--real` times the real base instead (SmolLM2-135M-Instruct, 30 layers, built once by moemerge.real) on 3 experts x
+20 prompts of 30-200 tokens cut from the real held-out texts (code, math, prose).
+
+    python benchmarks/hidden_pass.py [--device cpu|cuda] [--layers 8] [--real]
 """
 
 from __future__ import annotations
@@ -43,6 +46,24 @@ def build(folder: Path, layers: int) -> list[list[str]]:
                 text += rng.choice(tiny.CORPUS) + " "
             prompts.append(text.strip())
         sets.append(prompts)
+    return sets
+
+
+def build_real(folder: Path) -> list[list[str]]:
+    """The real base (linked into `folder`) and 20 prompts of 30-200 tokens per domain from its held-out texts."""
+    from transformers import AutoTokenizer
+
+    from moemerge.real import assets
+
+    found = assets()
+    folder.symlink_to(found.base, target_is_directory=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(found.base))
+    rng = random.Random(0)
+    sets = []
+    for path in found.eval_files.values():
+        ids = tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        starts = [rng.randrange(len(ids) - 200) for _ in range(20)]
+        sets.append([tokenizer.decode(ids[s : s + rng.randint(30, 200)]) for s in starts])
     return sets
 
 
@@ -93,14 +114,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--real", action="store_true", help="the real base (SmolLM2-135M-Instruct) and real texts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder, prompts = Path(tmp) / "base", Path(tmp) / "prompts.json"
-        prompts.write_text(json.dumps(build(folder, args.layers)))
+        sets = build_real(folder) if args.real else build(folder, args.layers)
+        prompts.write_text(json.dumps(sets))
         floor = run("floor", folder, prompts, args.device)
         ours = run("hidden", folder, prompts, args.device)
     tokens = ours["tokens"]
-    print(f"4 experts x 20 prompts, {tokens} tokens, device {args.device}")
+    what = "SmolLM2-135M-Instruct (real)" if args.real else f"tiny llama, {args.layers} layers"
+    print(f"{what}: {len(sets)} experts x {len(sets[0])} prompts, {tokens} tokens, device {args.device}")
     for name, result in (("plain forward (floor)", floor), ("moemerge hidden gate", ours)):
         print(f"  {name:22s} {result['seconds']:7.2f} s  {tokens / result['seconds']:9.0f} tok/s  "
               f"peak RSS {result['peak_rss_mib']:7.0f} MiB")  # fmt: skip
