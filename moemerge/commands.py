@@ -1,4 +1,5 @@
-"""The subcommands beside the bare merge: `moemerge route`, `plan`, `verify`, `push` (parsing and printing only)."""
+"""The subcommands beside the bare merge: `moemerge route`, `eval`, `tune`, `plan`, `verify`, `push` (parsing and
+printing only)."""
 
 from __future__ import annotations
 
