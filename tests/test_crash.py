@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,18 @@ def test_disk_filling_up_mid_write_cleans_up(job, cli, tmp_path, monkeypatch):
         assert list((tmp_path / "small").iterdir()) == []
 
 
+def _wait_for_exec(process: subprocess.Popen) -> None:
+    """Until the child has exec'd, /proc/PID/cmdline is still the test runner's own (fork, then exec)."""
+    wanted = [str(a).encode() for a in process.args]
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[1 : len(wanted)] != wanted[1:]:
+        assert time.monotonic() < deadline, "the child process never started"
+        time.sleep(0.01)
+
+
 def test_a_live_merge_into_the_same_out_is_refused(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "moemerge"])
+    _wait_for_exec(sleeper)
     try:
         (tmp_path / f".out.moemerge-tmp-{sleeper.pid}").mkdir()
         with pytest.raises(output.OutputError, match="another moemerge"):
@@ -168,6 +179,7 @@ def test_a_live_merge_into_the_same_out_is_refused(tmp_path):
 
 def test_a_reused_pid_is_not_a_live_merge(tmp_path):
     other = subprocess.Popen(["sleep", "30"])  # a live process, but not a moemerge run
+    _wait_for_exec(other)
     try:
         (tmp_path / f".out.moemerge-tmp-{other.pid}").mkdir()
         output.recover(tmp_path / "out")
