@@ -1,4 +1,5 @@
-"""The README's demo path: tiny models from `moemerge.tiny`, merged with examples/configs/demo.yaml, then routed."""
+"""The README's demo path on the real models: examples/configs/demo.yaml over `python -m moemerge.real --link`,
+routed on held-out prompts, evaluated with --compare, and shown by examples/show.py."""
 
 from __future__ import annotations
 
@@ -8,26 +9,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import load_moe
 
-from moemerge import tiny
+from moemerge.real.__main__ import link
 
+pytestmark = pytest.mark.real
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "configs" / "demo.yaml"
 
 
-def test_demo_config_end_to_end(cli, tmp_path, monkeypatch):
+def test_demo_config_end_to_end(real_assets, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the demo config names demo/models/... relative to the current folder
-    tiny.main(["demo/models"])
+    link(Path("demo/models"), real_assets)
     shutil.copy(DEMO, tmp_path / "demo.yaml")
-    code, out, err = cli("demo.yaml", "demo/out", "--routing-report")
+    code, out, err = cli("demo.yaml", "demo/out")
     assert code == 0, err
     assert "MixtralForCausalLM, 3 experts" in out
     load_moe(tmp_path / "demo" / "out")
+
+    code, out, err = cli("route", "demo/out", "--prompts", "demo/models/data/held_out_prompts.yaml")
+    assert code == 0, err
     report = json.loads((tmp_path / "demo" / "out" / "routing.json").read_text())
-    assert [s["name"] for s in report["prompt_sets"]] == ["0: chat", "1: code", "2: math"]
-    # the demo's experts stay close to the base (as fine-tunes do): each prompt set's favourite is its own expert
-    assert [max(range(3), key=s["share"].__getitem__) for s in report["prompt_sets"]] == [0, 1, 2]
-    shown = subprocess.run([sys.executable, str(ROOT / "examples" / "show.py"), "demo/out"], capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
-    assert "generate(" in shown and "1: code" in shown and "averaged over 4 layers" in shown
+    sets = {s["name"]: s for s in report["prompt_sets"]}
+    assert list(sets) == ["code", "math", "prose"]
+    for i, name in enumerate(sets):  # each domain's held-out prompts go to its own expert (chance: a third)
+        assert max(range(3), key=sets[name]["share"].__getitem__) == i, sets[name]["share"]
+        assert sets[name]["hit_rate"] > 0.6, (name, sets[name]["hit_rate"])
+
+    data = [f"--data={d}=demo/models/data/{d}.txt" for d in ("code", "math", "prose")]
+    code, out, err = cli("eval", "demo/out", "--compare", "--max-tokens", "512", *data)
+    assert code == 0, err
+    rows = {d["name"]: d for d in json.loads((tmp_path / "demo" / "out" / "eval.json").read_text())["datasets"]}
+    for name in ("code", "math", "prose"):
+        assert rows[name]["loss"]["MoE"] < rows[name]["loss"]["base"], rows[name]["loss"]
+
+    shown = subprocess.run([sys.executable, str(ROOT / "examples" / "show.py"), "demo/out", "--max-new-tokens", "16"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "missing=set() unexpected=set()" in shown
+    assert "The capital of France is Paris." in shown
+    assert "own-expert hit" in shown and "* = lowest loss" in shown
