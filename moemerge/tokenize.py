@@ -81,15 +81,15 @@ def _from_json(file: Path, settings: dict[str, Any], bos: str) -> PromptTokenize
     return PromptTokenizer(lambda text: tokenizer.encode(text, add_special_tokens=False).ids, bos)
 
 
-def _from_transformers(folder: Path) -> PromptTokenizer:
-    from transformers import AutoTokenizer
+def _from_transformers(folder: Path, trust_remote_code: bool) -> PromptTokenizer:
+    from moemerge.loading import LoadOptions, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = load_tokenizer(folder, LoadOptions(trust_remote_code=trust_remote_code))
     return PromptTokenizer(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
                            tokenizer.bos_token or "")  # fmt: skip
 
 
-def load(folder: Path) -> PromptTokenizer:
+def load(folder: Path, *, trust_remote_code: bool = False) -> PromptTokenizer:
     """The base model's tokenizer in `folder`, for prompts. tokenizer.json is read directly when the config names a
     generic class; transformers v5 rebuilds a model-specific class's pipeline (normaliser, pre-tokeniser) from the
     class itself, which can split text differently from tokenizer.json, so those are loaded by transformers."""
@@ -97,4 +97,4 @@ def load(folder: Path) -> PromptTokenizer:
     file = folder / "tokenizer.json"
     if file.is_file() and settings.get("tokenizer_class") in GENERIC_CLASSES:
         return _from_json(file, settings, _content(settings.get("bos_token")) or "")
-    return _from_transformers(folder)
+    return _from_transformers(folder, trust_remote_code)

@@ -16,7 +16,7 @@ from moemerge import card, rewrite, textdata
 from moemerge.archs import ARCHITECTURES
 from moemerge.errors import ConfigError, problems_error
 from moemerge.files import read_json
-from moemerge.loading import LoadOptions, free_memory, loaded_model
+from moemerge.loading import LoadOptions, free_memory, load_tokenizer, loaded_model
 from moemerge.tune import OnStep, TuneSettings, train
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,6 @@ def tune(out: Path, files: dict[str, Path], settings: TuneSettings, load: LoadOp
     """Train OUT's routers on `files` (name -> text file) and write them back; returns the record of the run (None
     in the other processes of a data-parallel run: the first one writes).
     `in_place`: OUT is a merge's temp folder that nobody reads yet (no copy, no swap)."""
-    from transformers import AutoTokenizer
-
     arch, config = _arch(out)
     accelerator = _accelerator()
     problems = check_settings(settings, accelerator.num_processes) + textdata.check(files)
@@ -99,7 +97,7 @@ def tune(out: Path, files: dict[str, Path], settings: TuneSettings, load: LoadOp
         problems.append("--device: under accelerate launch each process uses its own device; leave --device out")
     if problems:
         raise problems_error(ConfigError, problems)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from or out))
+    tokenizer = load_tokenizer(Path(tokenizer_from or out), load)
     train_windows, held_out, info = textdata.windows(files, tokenizer, settings.seq_len)
     if accelerator.num_processes > 1:
         device = accelerator.device

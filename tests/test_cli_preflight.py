@@ -19,8 +19,10 @@ def data(models, capsys):
     return {"base_model": str(base), "gate_mode": "hidden", "experts": experts}
 
 
+@pytest.mark.parametrize("gate_mode", ["hidden", "mlp_input_avg"])
 @pytest.mark.parametrize("verb", [["plan"], []])
-def test_a_prompt_past_the_base_positions_is_named(cli, write_config, data, tmp_path, verb):
+def test_a_prompt_past_the_base_positions_is_named(cli, write_config, data, tmp_path, verb, gate_mode):
+    data["gate_mode"] = gate_mode
     data["experts"][1]["positive_prompts"] = ["ok", "word " * 400]
     out = [] if verb else [tmp_path / "out"]
     code, _, err = cli(*verb, write_config(data), *out)
@@ -44,7 +46,9 @@ def test_random_gates_need_no_device_check(cli, write_config, data):
     assert json.loads(out)["experts"]
 
 
-def test_remote_code_tokenizer_is_refused_without_a_prompt(models, write_config, data, tmp_path):
+@pytest.mark.parametrize("gate_mode", ["hidden", "cheap_embed"])
+def test_remote_code_tokenizer_is_refused_without_a_prompt(models, write_config, data, tmp_path, gate_mode):
+    data["gate_mode"] = gate_mode
     base = tmp_path / "base"
     shutil.copytree(data["base_model"], base)
     config = json.loads((base / "tokenizer_config.json").read_text())

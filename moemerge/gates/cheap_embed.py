@@ -37,7 +37,7 @@ def prompt_sum(context, tokenizer: tokenize.PromptTokenizer, prompts: list[str])
 def compute(context):
     import torch
 
-    tokenizer = tokenize.load(context.base.path)
+    tokenizer = tokenize.load(context.base.path, trust_remote_code=context.load.trust_remote_code)
     rows = []
     for index, expert in enumerate(context.experts):
         positive = prompt_sum(context, tokenizer, expert.positive_prompts or [])

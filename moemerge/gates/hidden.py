@@ -13,6 +13,7 @@ from moemerge.errors import ConfigError, IncompatibleModelsError
 from moemerge.loading import free_memory, input_device, loaded_model
 
 log = logging.getLogger(__name__)
+FORWARD_MODES = ("hidden", "hidden_avg", "mlp_input", "mlp_input_avg")  # gate modes that run the base on prompts
 HIDDEN_BUDGET_BYTES = 512 * 1024**2  # hidden states kept for one chunk of prompts
 
 
@@ -22,7 +23,17 @@ def check_inputs(config, base, load) -> list[str]:
     from moemerge.gates import base_tokenizer
     from moemerge.loading import check_device
 
-    if config.gate_mode not in ("hidden", "hidden_avg") or not base.has_files:
+    if not base.has_files:
+        return []
+    if config.gate_mode == "cheap_embed":  # no forward pass, but the tokenizer must load (without a y/N prompt)
+        from moemerge import tokenize
+
+        try:
+            tokenize.load(base.path, trust_remote_code=load.trust_remote_code)
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
+    if config.gate_mode not in FORWARD_MODES:
         return []
     try:
         check_device(load)
