@@ -65,7 +65,8 @@ def check_space(out: Path, need: int) -> None:
                           " GB; free some space or choose another output folder")  # fmt: skip
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Make a file or folder durable (a folder: its entries)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,8 +78,8 @@ def publish(tmp: Path, out: Path) -> None:
     """Make every file durable, then swap the folder into place. An existing OUT (--overwrite) is moved aside first
     and deleted last; a run killed between the two renames gets it back from recover()."""
     for file in tmp.iterdir():
-        _fsync(file)
-    _fsync(tmp)
+        fsync(file)
+    fsync(tmp)
     old = out.parent / f".{out.name}.moemerge-old-{os.getpid()}" if out.exists() else None
     try:
         if old is not None:
@@ -88,6 +89,6 @@ def publish(tmp: Path, out: Path) -> None:
         if old is not None and old.exists() and not out.exists():
             old.rename(out)
         raise
-    _fsync(out.parent)
+    fsync(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

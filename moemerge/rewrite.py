@@ -64,14 +64,6 @@ def patch(folder: Path, tensors: dict[str, Any]) -> list[str]:
     return sorted(f.name for f in changed)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     if src.is_symlink():
         os.symlink(os.readlink(src), dst)
@@ -124,11 +116,11 @@ def replace(folder: Path, tensors: dict[str, Any], *, edited: tuple[str, ...] = 
         patch(new, tensors)
         for file in new.iterdir():
             if file.is_file() and not file.is_symlink():
-                _fsync(file)
-        _fsync(new)
+                output.fsync(file)
+        output.fsync(new)
         log.info("moving the new routers into place")
         if _exchange(new, folder):
-            _fsync(folder.parent)
+            output.fsync(folder.parent)
         else:
             output.publish(new, folder)
     except OSError as exc:

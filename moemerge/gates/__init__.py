@@ -43,6 +43,19 @@ class GateContext:
 GateFn = Callable[[GateContext], Any]
 
 
+def prompt_items(context: GateContext) -> list[tuple[int, list[int]]]:
+    """One entry per prompt: (slot, token ids); slot 2e = expert e's positives, 2e+1 = its negatives."""
+    from moemerge.errors import IncompatibleModelsError
+
+    items = []
+    for e, expert in enumerate(context.experts):
+        items += [(2 * e, ids) for ids in context.prompt_ids(expert.positive_prompts or [])]
+        items += [(2 * e + 1, ids) for ids in context.prompt_ids(expert.negative_prompts or [])]
+    if any(not ids for _, ids in items):
+        raise IncompatibleModelsError("a prompt tokenises to nothing and the tokenizer has no BOS token; drop it")
+    return items
+
+
 def base_tokenizer(base: ModelSource, load: LoadOptions) -> Any:
     """The base's tokenizer, loaded with the --trust-remote-code value: never transformers' y/N prompt."""
     from transformers import AutoTokenizer

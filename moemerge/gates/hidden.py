@@ -66,13 +66,9 @@ def compute_mean(context):
 
 def _compute(context, *, average: bool):
 
-    # one entry per prompt: (slot, token ids); slot 2e = expert e's positives, 2e+1 = its negatives
-    items = []
-    for e, expert in enumerate(context.experts):
-        items += [(2 * e, ids) for ids in context.prompt_ids(expert.positive_prompts or [])]
-        items += [(2 * e + 1, ids) for ids in context.prompt_ids(expert.negative_prompts or [])]
-    if any(not ids for _, ids in items):
-        raise IncompatibleModelsError("a prompt tokenises to nothing and the tokenizer has no BOS token; drop it")
+    from moemerge.gates import prompt_items
+
+    items = prompt_items(context)
     limit = context.base.config.get("max_position_embeddings")
     longest = max((len(ids) for _, ids in items), default=0)
     if isinstance(limit, int) and longest > limit:
