@@ -15,10 +15,12 @@ NOTEBOOK = Path(__file__).parent.parent / "examples" / "moemerge_colab.ipynb"
 
 def test_notebook_runs_top_to_bottom(tmp_path):
     tiny.main([str(tmp_path / "models")])
-    config = yaml.safe_load((Path(__file__).parent.parent / "examples" / "configs" / "demo.yaml").read_text())
-    config["base_model"] = str(tmp_path / "models" / "base")
-    for expert in config["experts"]:
-        expert["source_model"] = str(tmp_path / "models" / Path(expert["source_model"]).name)
+    prompts = {"chat": ["Hello! How are you today?", "Thank you, that was helpful."],
+               "code": ["def add(a, b): return a + b", "import numpy as np"],
+               "math": ["Solve for x: 2x + 3 = 7.", "What is 12 times 7?"]}  # fmt: skip
+    config = {"base_model": str(tmp_path / "models" / "base"), "gate_mode": "hidden_avg", "dtype": "float32",
+              "experts": [{"source_model": str(tmp_path / "models" / name), "positive_prompts": p}
+                          for name, p in prompts.items()]}  # fmt: skip
     nb = nbformat.read(NOTEBOOK, as_version=4)
     form = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     # papermill-style: a cell after the form overrides its values
