@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 from moemerge.archs import MoeShape, OutputArch, effective
@@ -158,7 +159,11 @@ def check_output_config(arch: OutputArch, base_config: dict, shape: MoeShape) ->
     base has (heads, head_dim, norm eps, rope, windows, activation, ...), so that no class default slips in."""
     written = arch.build_config(base_config, shape)
     try:
-        diffs = effective.mismatches(effective.settings(base_config), effective.settings(written))
+        base = effective.settings(base_config)
+        diffs = effective.mismatches(base, effective.settings(written))
+        if not diffs and "transformers" in sys.modules and arch.model_type != "deepseek":
+            # transformers is loaded anyway (a hidden-state pass): its own class reads the output too, for free
+            diffs = effective.mismatches(base, effective.settings(written, via_transformers=True))
     except ValueError as exc:
         diffs = [f"transformers refuses it ({(str(exc).splitlines() or [''])[0]})"]
     if diffs:

@@ -1,12 +1,16 @@
 """A config.json as transformers' config class reads it (class defaults included), and the settings that decide what
-a model's attention and MLP compute, read the way each model class's code reads them. transformers is imported
-lazily: only its configuration modules, never its models."""
+a model's attention and MLP compute, read the way each model class's code reads them. The families moemerge merges
+are read through a table of their classes (classes.py: no import of transformers, which costs ~3 s); any other
+config, or one the table cannot vouch for, through transformers' own configuration classes."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Any
+
+from moemerge.archs import classes
 
 # keys every transformers config carries that say nothing about the model (left out of output configs)
 GENERIC_KEYS = ("transformers_version", "_name_or_path", "output_hidden_states", "output_attentions", "return_dict",
@@ -60,14 +64,23 @@ def _quiet():
         hf_logging.set_verbosity(level)
 
 
-def read(config: dict[str, Any]) -> Any:
-    """The config object transformers builds from this dict (DeepSeek: its remote class's defaults applied).
-    Raises ValueError when the class refuses it."""
+def read(config: dict[str, Any], *, via_transformers: bool = False) -> Any:
+    """The config object transformers builds from this dict, as attributes (DeepSeek: its remote class's defaults
+    applied). Through the table where it applies, unless `via_transformers`. Raises ValueError when the class refuses
+    it."""
     model_type = config.get("model_type")
     if model_type == "deepseek":
         return _deepseek(config)
+    table = None if via_transformers else classes.effective(config)
+    if table is not None:
+        return SimpleNamespace(**table)
+    return _transformers(config)
+
+
+def _transformers(config: dict[str, Any]) -> Any:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"model_type '{model_type}' is unknown to transformers")
     try:
@@ -78,8 +91,6 @@ def read(config: dict[str, Any]) -> Any:
 
 
 def _deepseek(config: dict[str, Any]) -> Any:
-    from types import SimpleNamespace
-
     view = {**DEEPSEEK_DEFAULTS, **config}
     scaling = config.get("rope_scaling") or {}
     rope = {"rope_type": scaling.get("type", "default"), "rope_theta": view["rope_theta"]}
@@ -91,7 +102,8 @@ def _deepseek(config: dict[str, Any]) -> Any:
 
 def full_dict(config: dict[str, Any]) -> dict[str, Any]:
     """The config.json with every field of its class at its effective value (defaults and derived values included)."""
-    merged = {**config, **read(config).to_dict()}
+    table = classes.effective(config)
+    merged = {**config, **(table if table is not None else _transformers(config).to_dict())}
     return {k: v for k, v in merged.items() if k not in GENERIC_KEYS}
 
 
@@ -99,11 +111,11 @@ def _flag(cfg: Any, spec: str | bool) -> bool:
     return bool(getattr(cfg, spec, False)) if isinstance(spec, str) else spec
 
 
-def settings(config: dict[str, Any]) -> Settings:
+def settings(config: dict[str, Any], *, via_transformers: bool = False) -> Settings:
     """Settings of a config.json, read through its class (raises ValueError when transformers refuses it)."""
     model_type = str(config.get("model_type"))
     try:
-        return _settings(read(config), model_type)
+        return _settings(read(config, via_transformers=via_transformers), model_type)
     except (AttributeError, TypeError, IndexError) as exc:  # not a dense decoder config
         raise ValueError(str(exc)) from None
 
@@ -158,9 +170,7 @@ def mismatches(base: Settings, out: Settings) -> list[str]:
 
 def rope_types() -> frozenset[str]:
     """Every rope_type transformers' own rotary embeddings implement."""
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    return frozenset({"default", *ROPE_INIT_FUNCTIONS})
+    return classes.ROPE_TYPES
 
 
 def describe_windows(windows: tuple) -> str:
