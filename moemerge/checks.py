@@ -191,10 +191,15 @@ def check_distinct(
     gates are exempt, as in mergekit-moe: copies of one model with random routers are the start of upcycling."""
     if gate_mode not in PROMPT_GATE_MODES:
         return []
-    if allow_same or len(experts) < 2 or len({e.path for e in experts}) > 1:
+    if allow_same or len(experts) < 2 or len({_identity(e) for e in experts}) > 1:
         return []
     flag = "--i-understand-this-is-not-useful-without-training"
     return [f"experts: every expert is the same model, so the MoE equals that dense model; pass {flag} to build it"]
+
+
+def _identity(model: ModelSource) -> tuple:
+    """Where a model's weights come from: its folder, or a LoRA expert's model folder and adapter folder."""
+    return tuple((origin.get("path"), origin.get("revision")) for origin in model.origins)
 
 
 def check_out_is_not_a_source(out: Path, models: list[ModelSource]) -> list[str]:

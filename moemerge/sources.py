@@ -66,6 +66,30 @@ class ModelSource:
         if info.file.suffix == ".bin":
             tensor = self._handle(info.file)[name]
             return (tensor if rows is None else tensor[rows]).clone()
+        buffer, shape = self._stored(name, rows)
+        flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
+        return flat.view(getattr(torch, info.dtype)).reshape(shape)
+
+    def read_stored(self, name: str, rows: slice | None = None) -> tuple[bytearray, list[int]] | None:
+        """The bytes read() decodes and their shape, without torch; None where read() computes its tensor (a .bin
+        file, a source type that overrides read())."""
+        if self.byte_range(name, rows) is None:
+            return None
+        return self._stored(name, rows)
+
+    def read_float32(self, name: str, rows: slice | None = None):
+        """read(name, rows) as a float32 numpy array; without torch for float32/float16/bfloat16 safetensors."""
+        from moemerge import arrays
+
+        dtype = self.tensors[name].dtype
+        stored = self.read_stored(name, rows) if dtype in arrays.DTYPES else None
+        if stored is None:
+            return self.read(name, rows).float().numpy()
+        buffer, shape = stored
+        return arrays.decode(buffer, dtype, shape)
+
+    def _stored(self, name: str, rows: slice | None) -> tuple[bytearray, list[int]]:
+        info = self.tensors[name]
         where = _stored_range(info, rows)
         shape = list(info.shape)
         if shape and rows is not None:
@@ -75,8 +99,7 @@ class ModelSource:
         fh.seek(where.offset)
         if fh.readinto(buffer) != len(buffer):
             raise SourceError(f"{info.file}: file ended early while reading {name}; re-download the model")
-        flat = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
-        return flat.view(getattr(torch, info.dtype)).reshape(shape)
+        return buffer, shape
 
     def byte_range(self, name: str, rows: slice | None = None) -> ByteRange | None:
         """Where the bytes that read(name, rows) returns lie, for a copy that changes nothing; None where read()
@@ -114,10 +137,10 @@ def _stored_range(info: TensorInfo, rows: slice | None) -> ByteRange:
 
 def _open_weights(file: Path):
     """A .bin file's lazily loaded state dict, or an unbuffered handle on a safetensors file."""
-    import torch
-
     if file.suffix != ".bin":
         return open(file, "rb", buffering=0)
+    import torch
+
     try:
         return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip failures of a user file become one line

@@ -1,5 +1,6 @@
-"""Yield output tensors in write order, as chunks read lazily from the sources; knows no architecture. A chunk is a
-tensor in the output dtype, or, for a tensor that needs no change (the common case), a ByteRange of a source file."""
+"""Yield output tensors in write order, as chunks read lazily from the sources; knows no architecture. A chunk is, for
+a tensor that needs no change (the common case), a ByteRange of a source file; else its bytes in the output dtype: a
+uint8 numpy array (routers, zeros, dtype changes: no torch needed) or a torch tensor (noise, scale, .bin sources)."""
 
 from __future__ import annotations
 
@@ -72,8 +73,6 @@ def _source_rows(tensor: PlannedTensor, source: ModelSource) -> slice | None:
 
 
 def _from_model(tensor: PlannedTensor, sources: list[ModelSource], seed: int, prechecks: Prechecks) -> Iterator:
-    import torch
-
     source, name = sources[tensor.source.model], tensor.source.name
     error = SourceError(f"model '{source.ref}': tensor {name} contains NaN or Inf; the model is broken")
     where = _unchanged(tensor, sources)
@@ -85,20 +84,39 @@ def _from_model(tensor: PlannedTensor, sources: list[ModelSource], seed: int, pr
         if whole is not None:
             rows = rows or slice(0, tensor.shape[0])
             rows = slice(whole.start + rows.start, whole.start + rows.stop)
-        raw = source.read(name, rows).contiguous()
-        if has_nonfinite(raw.reshape(-1).view(torch.uint8).numpy(), str(raw.dtype).removeprefix("torch.")):
+        yield _converted(tensor, source, name, rows, seed, error)
+
+
+def _converted(tensor: PlannedTensor, source: ModelSource, name: str, rows: slice | None, seed: int, error):
+    """Rows of a source tensor in the output dtype: a dtype change alone in numpy, noise and scale in torch."""
+    from moemerge import arrays
+
+    stored_dtype = source.tensors[name].dtype
+    plain = tensor.noise_scale == 0.0 and tensor.scale == 1.0 and {stored_dtype, tensor.dtype} <= set(arrays.DTYPES)
+    stored = source.read_stored(name, rows) if plain else None
+    if stored is not None:
+        buffer, shape = stored
+        if has_nonfinite(buffer, stored_dtype):
             raise error
-        yield _transform(raw, tensor, rows, seed)
+        return arrays.encode(arrays.decode(buffer, stored_dtype, shape), tensor.dtype)
+    import torch
+
+    raw = source.read(name, rows).contiguous()
+    if has_nonfinite(raw.reshape(-1).view(torch.uint8).numpy(), str(raw.dtype).removeprefix("torch.")):
+        raise error
+    return _transform(raw, tensor, rows, seed)
 
 
 def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: int, prechecks: Prechecks) -> Iterator:
-    import torch
+    import numpy as np
+
+    from moemerge import arrays
 
     match tensor.source:
         case FromRouter(layer=layer, group=group):
-            yield routers[group][layer].to(getattr(torch, tensor.dtype))
+            yield arrays.encode(routers[group][layer], tensor.dtype)
         case Zeros():
-            yield torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype))
+            yield np.zeros(tensor.nbytes, dtype=np.uint8)
         case FromModel():
             yield from _from_model(tensor, sources, seed, prechecks)
 

@@ -99,14 +99,19 @@ class _Copier:
 
 
 def _write_tensor(fh, name: str, expected: int, chunks: Iterable, copier: _Copier) -> None:
-    import torch
+    import numpy as np
 
     written = 0
     for chunk in chunks:
         if isinstance(chunk, ByteRange):
             written += copier.copy(chunk, fh)
             continue
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if isinstance(chunk, np.ndarray):  # the bytes already (uint8)
+            data = chunk
+        else:  # a torch tensor in the output dtype
+            import torch
+
+            data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
         _write_all(fh, data)
         written += data.nbytes
     if written != expected:

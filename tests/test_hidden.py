@@ -83,7 +83,7 @@ def _routers(base, load: LoadOptions, mode="hidden"):
     context = GateContext(
         source, experts, source.config["num_hidden_layers"], source.config["hidden_size"], 0, load=load
     )
-    return compute_routers(mode, context)
+    return torch.from_numpy(compute_routers(mode, context))
 
 
 def _cosines(a, b):

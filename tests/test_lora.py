@@ -214,6 +214,24 @@ def test_lora_base_model_is_refused(models, write_config, cli, tmp_path, capsys)
     assert code == 2 and "can be an expert, not the base" in err and err.count("\n") == 1
 
 
+def test_one_adapter_on_two_models_is_two_experts(models, write_config, cli, tmp_path):
+    """The same adapter folder over different model sides gives different experts (not 'every expert is the same
+    model'); the same adapter over the same model twice is refused like any repeated model."""
+    base = models.base("llama")
+    adapter = make_adapter(base, tmp_path / "adapter")
+    other = models.expert(base, 1)
+    prompts = [["def f(x): return x"], ["Once upon a time"]]
+
+    def run(sides, out):
+        experts = [{"source_model": f"{side}+{adapter}", "positive_prompts": p} for side, p in zip(sides, prompts)]
+        return cli(write_config({"base_model": str(base), "gate_mode": "cheap_embed", "experts": experts}), out, "-q")
+
+    code, _, err = run([base, other], tmp_path / "two")
+    assert code == 0, err
+    code, _, err = run([base, base], tmp_path / "same")
+    assert code == 2 and "every expert is the same model" in err
+
+
 def test_folder_with_plus_in_its_name_is_a_model(models, write_config, cli, tmp_path):
     base = models.base("llama")
     plus = tmp_path / "my+model"

@@ -33,7 +33,7 @@ def setup(real_assets):
     layers, hidden = source.config["num_hidden_layers"], source.config["hidden_size"]
 
     def routers(load):
-        return compute_routers("hidden", GateContext(source, experts, layers, hidden, 0, load=load))
+        return torch.from_numpy(compute_routers("hidden", GateContext(source, experts, layers, hidden, 0, load=load)))
 
     # float32 residual stream entering each layer, every real token of every held-out prompt: (L, T, H)
     tokenizer, states = load_tokenizer(real_assets.base, LoadOptions()), []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -179,25 +178,25 @@ try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.startswith("transformers"))}))
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.startswith(("transformers", "torch")))}))
 """
-# model code and tokenizer loading; transformers' configuration modules are allowed (config.json is built with them)
-HEAVY = re.compile(r"^transformers\.(modeling_utils|models\.auto\.tokenization_auto|tokenization_utils_tokenizers"
-                   r"|models\.\w+\.(modeling_(?!auto)|tokenization_)\w+)$")  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["random", "uniform_random", "cheap_embed"])
-def test_small_merges_load_no_model_or_tokenizer_code(models, write_config, tmp_path, mode):
+def test_small_merges_import_no_transformers(models, write_config, tmp_path, mode):
+    """No transformers at all (config checks read through archs/classes.py); `cheap_embed` and `uniform_random`,
+    with a dtype change on every tensor, import no torch either (`random` is torch.randn by definition)."""
     base = models.base("llama")
     experts = [{"source_model": str(models.expert(base, i)), "positive_prompts": [f"prompt {i}", "hello"]}
                for i in (1, 2)]  # fmt: skip
-    config = write_config({"base_model": str(base), "gate_mode": mode, "experts": experts})
+    config = write_config({"base_model": str(base), "gate_mode": mode, "dtype": "bfloat16", "experts": experts})
     proc = subprocess.run([sys.executable, "-c", IMPORTS, str(config), str(tmp_path / "out"), "-q"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["code"] == 0, proc.stderr
-    assert [m for m in report["modules"] if HEAVY.match(m)] == []
-    assert HEAVY.match("transformers.models.llama.modeling_llama") and HEAVY.match("transformers.modeling_utils")
+    assert [m for m in report["modules"] if m.split(".")[0] == "transformers"] == []
+    torch_loaded = any(m.split(".")[0] == "torch" for m in report["modules"])
+    assert torch_loaded == (mode == "random")
 
 
 def test_prechecks_run_ahead_and_answer_for_any_piece(tmp_path, monkeypatch):

@@ -84,8 +84,13 @@ def _registry() -> dict[str, GateFn]:
 
 
 def compute_routers(mode: str, context: GateContext):
-    """Routers (layers, experts, hidden) in float32 for `mode`; warns about near-degenerate layers."""
+    """Routers (layers, experts, hidden) as a float32 numpy array for `mode`; warns about near-degenerate layers."""
+    import numpy as np
+
     routers = _registry()[mode](context)
+    if not isinstance(routers, np.ndarray):  # a torch tensor (the forward-pass modes, `random`)
+        routers = routers.detach().cpu().float().numpy()
+    routers = routers.astype(np.float32, copy=False)
     expected = (context.num_layers, len(context.experts), context.hidden_size)
     if tuple(routers.shape) != expected:
         raise AssertionError(f"gate mode {mode} returned {tuple(routers.shape)}, expected {expected}")
@@ -95,22 +100,25 @@ def compute_routers(mode: str, context: GateContext):
 
 
 def combine(positive, negative):
-    """normalise(normalise(pos) - normalise(neg)); plain normalise(pos) without negatives. Shapes (..., hidden)."""
-    import torch
+    """normalise(normalise(pos) - normalise(neg)); plain normalise(pos) without negatives. float32 numpy arrays of
+    shape (..., hidden)."""
+    import numpy as np
 
     def unit(v):
-        return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.finfo(v.dtype).tiny)
 
     return unit(positive) if negative is None else unit(unit(positive) - unit(negative))
 
 
 def warn_degenerate(routers) -> list[int]:
     """Layers whose router matrix (experts, hidden) has condition number > 5; logged as a warning."""
-    import torch
+    import numpy as np
 
+    routers = np.asarray(routers, dtype=np.float64)
     if routers.shape[1] < 2:
         return []
-    conditions = torch.linalg.cond(routers.double())
+    with np.errstate(divide="ignore", invalid="ignore"):  # a singular matrix has condition number inf
+        conditions = np.linalg.cond(routers)
     bad = [i for i, c in enumerate(conditions.tolist()) if not c < DEGENERATE_CONDITION]
     if bad:
         where = f"all {len(bad)} layers" if len(bad) == routers.shape[0] > 1 else "layer(s) " + ", ".join(map(str, bad))

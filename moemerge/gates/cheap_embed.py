@@ -1,5 +1,6 @@
 """`cheap_embed`: the sum of the base's embedding rows over every prompt token, normalised; same row every layer.
-Prompts are tokenised from tokenizer.json (moemerge.tokenize): this mode never imports transformers."""
+Prompts are tokenised from tokenizer.json (moemerge.tokenize) and rows summed in numpy: this mode imports neither
+transformers nor torch."""
 
 from __future__ import annotations
 
@@ -21,21 +22,23 @@ def _runs(ids: list[int]) -> list[tuple[int, int]]:
 
 
 def prompt_sum(context, tokenizer: tokenize.PromptTokenizer, prompts: list[str]):
-    """Sum of embedding rows (hidden,) over all tokens of all prompts; reads only the rows used."""
-    import torch
+    """Sum of embedding rows (hidden,) over all tokens of all prompts, float32; reads only the rows used."""
+    import numpy as np
 
     counts = Counter(t for ids in tokenizer.prompt_ids(prompts) for t in ids)
     ids = sorted(counts)
     vocab = context.base.tensors[context.embed_name].shape[0]
     if ids and ids[-1] >= vocab:
         raise IncompatibleModelsError(f"tokenizer produced id {ids[-1]} but the base has {vocab} embedding rows")
-    rows = torch.cat([context.base.read(context.embed_name, slice(a, b)) for a, b in _runs(ids)]).float()
-    weights = torch.tensor([counts[i] for i in ids], dtype=torch.float32)
+    if not ids:
+        return np.zeros(context.hidden_size, dtype=np.float32)
+    rows = np.concatenate([context.base.read_float32(context.embed_name, slice(a, b)) for a, b in _runs(ids)])
+    weights = np.array([counts[i] for i in ids], dtype=np.float32)
     return weights @ rows  # (hidden,)
 
 
 def compute(context):
-    import torch
+    import numpy as np
 
     tokenizer = tokenize.load(context.base.path, trust_remote_code=context.load.trust_remote_code)
     rows = []
@@ -43,10 +46,10 @@ def compute(context):
         positive = prompt_sum(context, tokenizer, expert.positive_prompts or [])
         negative = prompt_sum(context, tokenizer, expert.negative_prompts) if expert.negative_prompts else None
         row = _combine(positive, negative)
-        if not torch.isfinite(row).all() or row.norm() == 0:
+        if not np.isfinite(row).all() or not np.linalg.norm(row) > 0:
             raise IncompatibleModelsError(f"experts[{index}]: prompts give a zero router row (positives = negatives?)")
         rows.append(row)
-    return torch.stack(rows).unsqueeze(0).expand(context.num_layers, -1, -1).contiguous()
+    return np.broadcast_to(np.stack(rows), (context.num_layers, len(rows), context.hidden_size)).copy()
 
 
 def _combine(positive, negative):

@@ -1,4 +1,5 @@
-"""`uniform_random`: routers drawn from U(-1/sqrt(H), 1/sqrt(H)), seeded; needs no prompts."""
+"""`uniform_random`: routers drawn from U(-1/sqrt(H), 1/sqrt(H)), seeded (numpy's default generator: no torch);
+needs no prompts."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import math
 
 
 def compute(context):
-    import torch
+    import numpy as np
 
-    torch.manual_seed(context.seed)
     bound = 1.0 / math.sqrt(context.hidden_size)
     shape = (context.num_layers, len(context.experts), context.hidden_size)
-    return (torch.rand(shape, dtype=torch.float32) * 2 - 1) * bound
+    return np.random.default_rng(context.seed).uniform(-bound, bound, shape).astype(np.float32)
