@@ -17,17 +17,26 @@ def decode(buffer: Any, dtype: str, shape: tuple[int, ...] | list[int]) -> np.nd
     """Stored little-endian `dtype` elements as a float32 array of `shape` (a new array)."""
     stored = np.frombuffer(buffer, dtype=_LITTLE[dtype]).reshape(shape)
     if dtype == "bfloat16":
-        return (stored.astype(np.uint32) << 16).view(np.float32)
+        wide = stored.astype(np.uint32)
+        wide <<= 16  # in place: one temporary of the output's size
+        return wide.view(np.float32)
     return stored.astype(np.float32)
 
 
 def encode(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values as the bytes of `dtype` elements (a flat little-endian uint8 array)."""
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if dtype == "bfloat16":
+    if dtype == "bfloat16":  # round to nearest even: add 0x7FFF plus the lowest kept bit, keep the top 16 bits
         bits = values.view(np.uint32)
-        stored = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-        stored[np.isnan(values)] = 0x7FC0
+        rounded = bits >> 16
+        rounded &= 1
+        rounded += 0x7FFF
+        rounded += bits
+        rounded >>= 16
+        stored = rounded.astype(np.uint16)
+        nan = np.isnan(values)
+        if nan.any():
+            stored[nan] = 0x7FC0
     else:
         with np.errstate(over="ignore"):  # float16 overflow gives Inf, as torch's does
             stored = values.astype(_LITTLE[dtype])

@@ -61,14 +61,15 @@ def _quantization(options: LoadOptions):
 
 def check_device(options: LoadOptions) -> None:
     """--device names a GPU that is there (a dry run checks this too)."""
+    if not options.device.startswith("cuda"):
+        return
     import torch
 
-    if options.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {options.device}: no CUDA GPU is visible; use --device cpu")
-        index = int(options.device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {options.device}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {options.device}: no CUDA GPU is visible; use --device cpu")
+    index = int(options.device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {options.device}: only {torch.cuda.device_count()} GPU(s) are visible")
 
 
 def _max_memory(options: LoadOptions) -> dict[Any, int] | None:

@@ -200,16 +200,19 @@ def test_written_output_configs_read_without_transformers(tmp_path):
         assert effective.settings(written) == effective.settings(written, via_transformers=True), arch.name
 
 
-def test_plan_of_a_cheap_merge_imports_neither_transformers_nor_torch(tmp_path):
-    """`moemerge plan` and the config checks read configs through the table."""
+@pytest.mark.parametrize("mode", ["random", "cheap_embed", "hidden", "mlp_input_avg"])
+def test_plan_imports_neither_transformers_nor_torch(tmp_path, mode):
+    """`moemerge plan` runs every pre-weight check (configs through the table, prompt lengths through tokenizer.json,
+    the device only when it names a GPU) without the ~3 s of importing torch and transformers."""
     from moemerge.tiny import make_expert, make_model
 
     base = make_model(tmp_path / "base", seed=0)
     experts = [make_expert(base, tmp_path / f"e{i}", seed=i + 1) for i in range(2)]
     config = tmp_path / "c.yaml"
-    config.write_text(f"base_model: {base}\ngate_mode: random\nexperts:\n"
-                      + "".join(f"  - source_model: {e}\n" for e in experts))  # fmt: skip
-    code = ("import sys, runpy; sys.argv = ['moemerge', 'plan', sys.argv[1]]\n"
+    config.write_text(f"base_model: {base}\ngate_mode: {mode}\nexperts:\n"
+                      + "".join(f"  - source_model: {e}\n    positive_prompts: ['prompt {i}']\n"
+                                for i, e in enumerate(experts)))  # fmt: skip
+    code = ("import sys; sys.argv = ['moemerge', 'plan', sys.argv[1]]\n"
             "try:\n    from moemerge.cli import main; main()\nexcept SystemExit as e: rc = e.code\n"
             "print('IMPORTED', 'transformers' in sys.modules, 'torch' in sys.modules, rc)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)

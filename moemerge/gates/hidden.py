@@ -20,33 +20,30 @@ HIDDEN_BUDGET_BYTES = 512 * 1024**2  # hidden states kept for one chunk of promp
 def check_inputs(config, base, load) -> list[str]:
     """What would stop the hidden-state pass, found before any work (`plan` runs this too): a --device without
     its GPU, and prompts that tokenise to nothing or run past the base's positions, each named by its place."""
-    from moemerge.gates import base_tokenizer
+    from moemerge import tokenize
     from moemerge.loading import check_device
 
     if not base.has_files:
         return []
-    if config.gate_mode == "cheap_embed":  # no forward pass, but the tokenizer must load (without a y/N prompt)
-        from moemerge import tokenize
-
-        try:
-            tokenize.load(base.path, trust_remote_code=load.trust_remote_code)
-        except ConfigError as exc:
-            return [str(exc)]
+    if config.gate_mode not in (*FORWARD_MODES, "cheap_embed"):
         return []
-    if config.gate_mode not in FORWARD_MODES:
+    try:  # the tokenizer must load (without a y/N prompt); from tokenizer.json, without transformers, where it can
+        tokenizer = tokenize.load(base.path, trust_remote_code=load.trust_remote_code)
+    except ConfigError as exc:
+        return [str(exc)]
+    if config.gate_mode == "cheap_embed":  # no forward pass
         return []
     try:
         check_device(load)
     except ConfigError as exc:
         return [str(exc)]
-    tokenizer = base_tokenizer(base, load)
-    bos, limit = tokenizer.bos_token or "", base.config.get("max_position_embeddings")
+    limit = base.config.get("max_position_embeddings")
     problems = []
     for group, entries in (("experts", config.experts), ("shared_experts", config.shared_experts or [])):
         for i, expert in enumerate(entries):
             for key in ("positive_prompts", "negative_prompts"):
                 for j, prompt in enumerate(getattr(expert, key) or []):
-                    length = len(tokenizer(bos + prompt, add_special_tokens=False)["input_ids"])
+                    length = len(tokenizer.prompt_ids([prompt])[0])
                     where = f"{group}[{i}].{key}[{j}]"
                     if length == 0:
                         problems.append(f"{where}: tokenises to nothing and the tokenizer has no BOS token; drop it")
