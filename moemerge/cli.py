@@ -166,17 +166,27 @@ def _usage_error(exc: typer.TyperException, prog: str) -> str:
     return f"error: {exc.format_message()} (see `{prog} --help`)"
 
 
-def _run(command, args: list[str], debug: bool, prog: str = "moemerge") -> int:
+def _run(command, args: list[str], debug: bool, prog: str = "moemerge", *, own_process: bool = False) -> int:
+    """Run one command line. `own_process`: main() was called as the program itself (not from a notebook or a test),
+    so nothing of the caller's runs after it."""
     _state.update(signal=None, written=None)
     hub_access.CACHE.update(dir=None, unreachable=None)  # each run (a notebook makes many) starts afresh
     previous = {}
     with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
         previous = {signum: signal.signal(signum, _interrupt) for signum in INTERRUPTS}
     try:
-        return _invoke(command, args, debug, prog)
+        code = _invoke(command, args, debug, prog)
     finally:  # a notebook or a test calls main() again: its own Ctrl-C handling comes back
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # as a program, a signal after the work is done changes nothing: it must not kill the exit either
+            signal.signal(signum, signal.SIG_IGN if own_process else handler)
+    if own_process and _state["signal"] is not None:
+        # End now: CPython kills itself with SIGINT at exit when the KeyboardInterrupt was raised inside code run
+        # by eval/exec (a dataclass being built, say), even though it was handled: the exit code would be lost.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _invoke(command, args: list[str], debug: bool, prog: str) -> int:
@@ -249,8 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         or (args.count("-v") + args.count("--verbose") >= 2)
     )
     verb, rest = _split_verb(args)
+    own = argv is None
     if verb is None:
-        raise SystemExit(_run(_command(app), args, debug))
+        raise SystemExit(_run(_command(app), args, debug, own_process=own))
     from moemerge.commands import SUBCOMMANDS
 
-    raise SystemExit(_run(_command(SUBCOMMANDS[verb]), rest, debug, prog=f"moemerge {verb}"))
+    raise SystemExit(_run(_command(SUBCOMMANDS[verb]), rest, debug, prog=f"moemerge {verb}", own_process=own))

@@ -48,8 +48,8 @@ class ExpertConfig(_Strict):
     source_model: str = Field(min_length=1)
     positive_prompts: list[str] | None = None
     negative_prompts: list[str] | None = None
-    noise_scale: float | None = Field(default=None, ge=0)
-    residual_scale: float | None = None
+    noise_scale: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    residual_scale: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class RouterTrainingConfig(_Strict):
@@ -58,10 +58,10 @@ class RouterTrainingConfig(_Strict):
 
     data: str | list[str] | dict[str, str]
     steps: int | None = Field(default=None, ge=1)
-    lr: float | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     batch_tokens: int | None = Field(default=None, ge=2)
     seq_len: int | None = Field(default=None, ge=2)
-    aux_loss_coef: float | None = Field(default=None, ge=0)
+    aux_loss_coef: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     train_top_k: int | None = Field(default=None, ge=1)
     seed: int | None = None
 

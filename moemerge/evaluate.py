@@ -17,6 +17,7 @@ from moemerge.compared import Compared, compared_models, short, with_adapter
 from moemerge.config import MAX_PROMPT_FILE_BYTES, load_config, read_text_file
 from moemerge.errors import ConfigError, MergeFailedError, OutputError, problems_error
 from moemerge.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
+from moemerge.windows import cut, prefix, token_ids
 
 log = logging.getLogger(__name__)
 EVAL_JSON = "eval.json"
@@ -78,39 +79,18 @@ def prompt_datasets(out: Path) -> list[Dataset]:
 
 
 def windows(tokenizer, texts: list[str], *, window: int, max_tokens: int | None) -> list[list[int]]:
-    """Each text cut into windows of `window` tokens, each starting the way the tokenizer starts a text (its BOS, if
-    it adds one); at most `max_tokens` tokens in all. A window scores every token but its first."""
-    from transformers.utils import logging as hf_logging
-
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
-    step, budget, out = window - len(prefix), max_tokens, []
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "sequence longer than the model's maximum": it is cut into windows here
-    try:
-        for text in texts:
-            body = _tokens(tokenizer, text, budget)
-            for start in range(0, len(body), step):
-                ids = (prefix + body[start : start + step])[: budget if budget is not None else None]
-                if len(ids) >= 2:
-                    out.append(ids)
-                    budget = None if budget is None else budget - len(ids)
-                if budget is not None and budget < 2:
-                    return out
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    """Each text cut into windows of `window` tokens by tune's rule (moemerge.windows); at most `max_tokens` tokens
+    in all."""
+    start, budget, out = prefix(tokenizer), max_tokens, []
+    for text in texts:
+        for ids in cut(token_ids(tokenizer, text, budget), window, start):
+            ids = ids[: budget if budget is not None else None]
+            if len(ids) >= 2:
+                out.append(ids)
+                budget = None if budget is None else budget - len(ids)
+            if budget is not None and budget < 2:
+                return out
     return out
-
-
-def _tokens(tokenizer, text: str, needed: int | None) -> list[int]:
-    """The text's token ids; with a token budget only a head of a long text is tokenised (a 1 GB file capped at 4096
-    tokens costs nothing), keeping a margin of tokens so that those used are the full text's own."""
-    head = text[: (needed + 64) * 32] if needed is not None else text
-    if len(head) < len(text):
-        ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-        if len(ids) > needed + 16:
-            return ids[: needed + 16]
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int, progress: Progress):

@@ -4,9 +4,11 @@ ahead of the copy through read-only maps of the page cache (resident memory stay
 from __future__ import annotations
 
 import mmap
+import queue
+import threading
 from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from functools import cache
 
 from moemerge.sources import ByteRange
@@ -52,10 +54,34 @@ def mapped_nonfinite(piece: ByteRange) -> bool:
             view.release()
 
 
+class _Worker:
+    """One background thread that runs the tests in order. A daemon: an interrupted merge's process ends at once
+    whatever the thread is doing (a ThreadPoolExecutor's thread is joined at exit and could hold the process)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="moemerge-check", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            job, piece, verdict = self.jobs.get()
+            if not verdict.set_running_or_notify_cancel():
+                continue
+            try:
+                verdict.set_result(job(piece))
+            except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits for the verdict
+                verdict.set_exception(exc)
+
+    def submit(self, job: Callable[[ByteRange], bool], piece: ByteRange) -> Future:
+        verdict: Future = Future()
+        self.jobs.put((job, piece, verdict))
+        return verdict
+
+
 @cache
-def _thread() -> ThreadPoolExecutor:
+def _thread() -> _Worker:
     """One background thread for the tests, for the life of the process."""
-    return ThreadPoolExecutor(1, thread_name_prefix="moemerge-check")
+    return _Worker()
 
 
 class Prechecks:

@@ -16,6 +16,12 @@ LEFTOVER = re.compile(r"^\.(?P<name>.+)\.moemerge-(?P<kind>tmp|old)-(?P<pid>\d+)
 SPACE_MARGIN = 16 * 2**20  # config, tokenizer, card, index
 
 
+def followed(out: Path) -> Path:
+    """OUT as the folder to write: a symlink is followed, so that its target gets the output and the link stays a
+    link (renaming the link itself would leave the real folder unchanged and a stray link behind)."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def temp_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.moemerge-tmp-{os.getpid()}"
 

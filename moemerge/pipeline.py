@@ -91,7 +91,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
     if config.router_training is not None:
-        problems += tuning.check_section(config.router_training, arch.model_type if arch else None)
+        problems += tuning.check_section(config.router_training, arch.model_type if arch else None, len(config.experts))
     if problems:
         raise problems_error(IncompatibleModelsError, problems)
     for warning in arch.warnings:
@@ -183,6 +183,7 @@ def _card(prepared: Prepared, folder: Path, resolved: dict, *, name: str, licens
 def merge(config_path: Path, out: Path, options: MergeOptions, *, progress: Progress | None = None) -> Prepared:
     """Run a whole merge; OUT appears only when everything has been written."""
     progress = progress or (lambda stage, done, total: None)
+    out = output.followed(out)
     output.recover(out)  # first: a restored OUT is the user's earlier output, which prepare() must protect
     prepared = prepare(config_path, out, options)
     output.check_space(out, prepared.plan.total_size)

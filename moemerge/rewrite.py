@@ -99,6 +99,7 @@ def replace(folder: Path, tensors: dict[str, Any], *, edited: tuple[str, ...] = 
     A sibling folder gets hard links to every other file, its own copies of the shards that change (then patched) and
     of the edited files; one atomic exchange swaps it with OUT, so a run killed at any point leaves OUT all old or all
     new. Where the system has no atomic exchange, output.publish's two renames (undone by output.recover) are used."""
+    folder = output.followed(folder)
     output.recover(folder)
     where = locate(folder, list(tensors))
     shards = {info.file.name for info in where.values()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-from moemerge.errors import SourceError
+from moemerge.errors import MergeFailedError, SourceError
 from moemerge.finite import Prechecks, has_nonfinite
 from moemerge.plan import FromModel, FromRouter, PlannedTensor, Zeros
 from moemerge.sources import ByteRange, ModelSource
@@ -98,13 +98,30 @@ def _converted(tensor: PlannedTensor, source: ModelSource, name: str, rows: slic
         buffer, shape = stored
         if has_nonfinite(buffer, stored_dtype):
             raise error
-        return arrays.encode(arrays.decode(buffer, stored_dtype, shape), tensor.dtype)
+        return _computed_finite(arrays.encode(arrays.decode(buffer, stored_dtype, shape), tensor.dtype), tensor)
     import torch
 
-    raw = source.read(name, rows).contiguous()
+    raw = source.read(name, rows).contiguous()  # a LoRA expert's W + scale * (B @ A) is computed here
     if has_nonfinite(raw.reshape(-1).view(torch.uint8).numpy(), str(raw.dtype).removeprefix("torch.")):
         raise error
-    return _transform(raw, tensor, rows, seed)
+    return _computed_finite(_transform(raw, tensor, rows, seed), tensor)
+
+
+def _computed_finite(chunk, tensor: PlannedTensor):
+    """A tensor the merge computed (scaled, noised, converted to a narrower dtype, a router) must hold no Inf/NaN
+    either: finite inputs can overflow (float16 tops out at 65504)."""
+    if hasattr(chunk, "numpy"):  # a torch tensor (noise, scale, .bin sources); else already bytes in numpy
+        import torch
+
+        chunk_bytes = chunk.reshape(-1).view(torch.uint8).numpy()
+    else:
+        chunk_bytes = chunk
+    if has_nonfinite(chunk_bytes, tensor.dtype):
+        steps = [f"noise_scale {tensor.noise_scale}"] * bool(tensor.noise_scale)
+        steps += [f"residual_scale {tensor.scale}"] * (tensor.scale != 1.0) + [f"the cast to {tensor.dtype}"]
+        raise MergeFailedError(f"{tensor.name}: Inf or NaN after {' and '.join(steps)}; the values leave the "
+                               "dtype's range: use a smaller scale or a wider dtype")  # fmt: skip
+    return chunk
 
 
 def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: int, prechecks: Prechecks) -> Iterator:
@@ -114,7 +131,7 @@ def _chunks(tensor: PlannedTensor, sources: list[ModelSource], routers, seed: in
 
     match tensor.source:
         case FromRouter(layer=layer, group=group):
-            yield arrays.encode(routers[group][layer], tensor.dtype)
+            yield _computed_finite(arrays.encode(routers[group][layer], tensor.dtype), tensor)
         case Zeros():
             yield np.zeros(tensor.nbytes, dtype=np.uint8)
         case FromModel():

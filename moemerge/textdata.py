@@ -10,6 +10,7 @@ from typing import Any
 
 from moemerge.config import read_text_file
 from moemerge.errors import ConfigError, problems_error
+from moemerge.windows import cut, prefix, token_ids
 
 MAX_DATA_BYTES = 1024 * 2**20
 HELD_OUT_SHARE = 10  # one window in ten (the last ones of each file) is held out ...
@@ -65,26 +66,25 @@ def check(files: dict[str, Path]) -> list[str]:
 
 
 def windows(files: dict[str, Path], tokenizer, seq_len: int) -> tuple[dict[str, Any], dict[str, Any], list[DataFile]]:
-    """(train, held_out, info): per name, a (windows, seq_len) tensor of token ids; each window starts with BOS when
-    the tokenizer has one. Raises with every file that is too short to give a training and a held-out window."""
+    """(train, held_out, info): per name, a (windows, seq_len) tensor of token ids, cut by eval's rule
+    (moemerge.windows: BOS first only when the tokenizer adds one). Raises with every file that is too short to give
+    a training and a held-out window."""
     import torch
 
     problems = check(files)
     if problems:
         raise problems_error(ConfigError, problems)
     train, held_out, info, short = {}, {}, [], []
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    body = seq_len - len(bos)
+    start = prefix(tokenizer)
     for name, path in files.items():
-        text = _read(path)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        count = len(ids) // body
-        if count < 2:
+        ids = token_ids(tokenizer, _read(path))
+        found = cut(ids, seq_len, start, whole=True)
+        if len(found) < 2:
             short.append(f"{path}: {len(ids)} tokens, fewer than two windows of {seq_len}; give more text "
                          "or a smaller --seq-len")  # fmt: skip
             continue
-        rows = torch.tensor([bos + ids[i * body : (i + 1) * body] for i in range(count)])
-        keep = max(1, min(HELD_OUT_MAX, count // HELD_OUT_SHARE))
+        rows = torch.tensor(found)
+        keep = max(1, min(HELD_OUT_MAX, len(found) // HELD_OUT_SHARE))
         train[name], held_out[name] = rows[:-keep], rows[-keep:]
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         info.append(DataFile(name, path.resolve(), digest, len(ids)))

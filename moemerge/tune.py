@@ -67,14 +67,23 @@ def _set_top_k(model, k: int) -> dict[Any, int]:
     return old
 
 
-def _batches(train: dict[str, Any], settings: TuneSettings, generator) -> Any:
-    """The global batch of a step (rows, seq_len): rows cycle through the datasets, a seeded random window each."""
+def schedule(files: int, rows: int, step: int) -> list[int]:
+    """Which data file each row of step `step` (1-based) comes from: rows run through the files in turn and carry on
+    across steps, so over a run every file gets an equal share of the windows (and every file is reached once
+    steps x rows >= files), whatever the number of rows per step."""
+    first = (step - 1) * rows
+    return [(first + r) % files for r in range(rows)]
+
+
+def _batches(train: dict[str, Any], settings: TuneSettings, step: int, generator) -> Any:
+    """The global batch of a step (rows, seq_len): rows from the files in schedule()'s turn, a seeded random window
+    of that file each."""
     import torch
 
     names = list(train)
     rows = []
-    for r in range(settings.rows):
-        windows = train[names[r % len(names)]]
+    for f in schedule(len(names), settings.rows, step):
+        windows = train[names[f]]
         rows.append(windows[torch.randint(len(windows), (1,), generator=generator).item()])
     return torch.stack(rows)
 
@@ -91,7 +100,9 @@ def held_out_loss(model, windows: dict[str, Any], *, rows: int, accelerator, aut
         with torch.no_grad(), autocast():
             for start in range(0, len(mine), rows):
                 ids = mine[start : start + rows].to(device)
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss.double()
+                # output_router_logits=False: the plain next-token loss, whatever config.json says (True would add
+                # the auxiliary load-balancing loss to it)
+                loss = model(input_ids=ids, labels=ids, output_router_logits=False, use_cache=False).loss.double()
                 tokens = ids.shape[0] * (ids.shape[1] - 1)
                 total += torch.stack([loss.to(total.device) * tokens, torch.tensor(float(tokens), device=total.device)])
         total = accelerator.reduce(total, reduction="sum")
@@ -137,7 +148,7 @@ def train(model, train: dict[str, Any], held_out: dict[str, Any], settings: Tune
     try:
         start = time.perf_counter()
         for step in range(1, settings.steps + 1):
-            batch = _batches(train, settings, generator)[accelerator.process_index :: world]
+            batch = _batches(train, settings, step, generator)[accelerator.process_index :: world]
             ids = batch.to(device or input_device(model))
             with autocast():
                 out = wrapped(input_ids=ids, labels=ids, output_router_logits=True, use_cache=False)

@@ -24,7 +24,10 @@ RECORD = "tune.json"
 TRAINABLE = ("mixtral", "qwen2_moe", "qwen3_moe")  # transformers' own classes, with router logits and the aux loss
 
 
-def check_settings(settings: TuneSettings, processes: int = 1) -> list[str]:
+def check_settings(settings: TuneSettings, processes: int = 1, *, files: int = 1,
+                   experts: int | None = None) -> list[str]:  # fmt: skip
+    """Every problem with a run's settings, before anything is loaded: `files` data files must all be reached by
+    the run's windows, `--train-top-k` must not exceed the model's `experts`."""
     problems = []
     if settings.steps < 1:
         problems.append(f"--steps {settings.steps}: train for at least one step")
@@ -42,6 +45,13 @@ def check_settings(settings: TuneSettings, processes: int = 1) -> list[str]:
         problems.append(f"--aux-loss-coef {settings.aux_loss_coef}: must be 0 or more")
     if settings.train_top_k is not None and settings.train_top_k < 1:
         problems.append(f"--train-top-k {settings.train_top_k}: must be 1 or more")
+    elif settings.train_top_k is not None and experts is not None and settings.train_top_k > experts:
+        problems.append(f"--train-top-k {settings.train_top_k}: the model has only {experts} experts; give at most "
+                        f"{experts}")  # fmt: skip
+    if settings.seq_len >= 2 and settings.rows >= 1 and settings.steps >= 1 and settings.steps * settings.rows < files:
+        problems.append(f"--steps {settings.steps} x {settings.rows} windows per step reach only "
+                        f"{settings.steps * settings.rows} of the {files} data files; raise --steps or --batch-tokens "
+                        "so that every file is trained on")  # fmt: skip
     return problems
 
 
@@ -92,7 +102,9 @@ def tune(out: Path, files: dict[str, Path], settings: TuneSettings, load: LoadOp
     `in_place`: OUT is a merge's temp folder that nobody reads yet (no copy, no swap)."""
     arch, config = _arch(out)
     accelerator = _accelerator()
-    problems = check_settings(settings, accelerator.num_processes) + textdata.check(files)
+    experts = config_experts(config, arch)
+    problems = check_settings(settings, accelerator.num_processes, files=len(files), experts=experts)
+    problems += textdata.check(files)
     if accelerator.num_processes > 1 and load.device != "cpu":
         problems.append("--device: under accelerate launch each process uses its own device; leave --device out")
     if problems:
@@ -215,13 +227,14 @@ def section_settings(section, seed: int) -> TuneSettings:
     return TuneSettings(**{"seed": seed, **given})
 
 
-def check_section(section, model_type: str | None) -> list[str]:
+def check_section(section, model_type: str | None, experts: int | None = None) -> list[str]:
     """A config's `router_training:` problems, found before any weight is read."""
     try:
         files = section_files(section)
     except ConfigError as exc:
         return exc.problems
-    problems = check_settings(section_settings(section, 0)) + textdata.check(files)
+    settings = section_settings(section, 0)
+    problems = check_settings(settings, files=len(files), experts=experts) + textdata.check(files)
     if model_type is not None and model_type not in TRAINABLE:
         problems.append(f"router_training: the output is {model_type}; tune trains {', '.join(TRAINABLE)} models")
     return [p if p.startswith("router_training") else f"router_training: {p}" for p in problems]
