@@ -70,11 +70,11 @@ def build_real(folder: Path) -> list[list[str]]:
 def worker(kind: str, folder: Path, sets: list[list[str]], device: str) -> dict:
     import torch
 
-    from moemerge.batching import chunks, left_padded
-    from moemerge.config import ExpertConfig
+    from moemerge.config.schema import ExpertConfig
+    from moemerge.forward.batching import chunks, left_padded
+    from moemerge.forward.loading import LoadOptions, input_device, loaded_model
     from moemerge.gates import GateContext, compute_routers, hidden
-    from moemerge.loading import LoadOptions, input_device, loaded_model
-    from moemerge.sources import open_source
+    from moemerge.sources.folder import open_source
 
     source = open_source(str(folder), base_dir=folder, wanted=lambda _: True, side_files=True)
     experts = [ExpertConfig(source_model="x", positive_prompts=p) for p in sets]

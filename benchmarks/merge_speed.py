@@ -55,7 +55,7 @@ def write_model(folder: Path, spec: tuple, seed: int) -> None:
     import numpy as np
 
     from moemerge import tiny
-    from moemerge.writer import header_bytes
+    from moemerge.merge.writer import header_bytes
 
     family, hidden, intermediate, layers, kv_heads, vocab, shard_bytes = spec
     folder.mkdir(parents=True)
@@ -90,7 +90,7 @@ def write_model(folder: Path, spec: tuple, seed: int) -> None:
 
 def kernel_copy(root: Path, out: Path) -> None:
     """The floor: copy exactly the bytes the merge reads (base: all but the MLPs; experts: the MLPs) into one file."""
-    from moemerge.sources import read_safetensors_header
+    from moemerge.sources.folder import read_safetensors_header
 
     with open(out, "wb") as dst:
         for name in NAMES:
@@ -112,7 +112,8 @@ def kernel_copy(root: Path, out: Path) -> None:
 def merge_phases(root: Path) -> None:
     """The merge, in this process, timing the phases that move bytes: writing the shards (`pipeline._write`) and
     fsync + rename (`output.publish`); the rest is start-up, checks, routers and verification. -> ROOT/phases.json"""
-    from moemerge import cli, output, pipeline
+    from moemerge import cli
+    from moemerge.merge import output, pipeline
 
     phases: dict[str, float] = {}
 

@@ -42,8 +42,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from moemerge.evaluate import format_table as eval_table
-    from moemerge.routing import format_table as routing_table
+    from moemerge.forward.evaluate import format_table as eval_table
+    from moemerge.forward.routing import format_table as routing_table
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)

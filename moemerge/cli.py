@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from moemerge import __version__, compat, hub_access
-from moemerge.errors import ConfigError, MoemergeError
-from moemerge.options import (  # noqa: F401 -- parse_size/parse_max_memory: also imported from here
+from moemerge import __version__
+from moemerge.commands import mergekit_flags
+from moemerge.commands.options import (  # noqa: F401 -- parse_size/parse_max_memory: also imported from here
     AllowCrimesOpt,
     AllowSameOpt,
     Load4Opt,
@@ -34,6 +34,8 @@ from moemerge.options import (  # noqa: F401 -- parse_size/parse_max_memory: als
     progress_display,
     setup_logging,
 )
+from moemerge.errors import ConfigError, MoemergeError
+from moemerge.sources import hub_reach
 
 log = logging.getLogger("moemerge")
 INTERRUPTS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
@@ -54,7 +56,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
     epilog="Other commands: `moemerge plan CONFIG` (dry run), `moemerge verify OUT`, `moemerge route OUT` "
     "(routing report), `moemerge eval OUT` (loss and perplexity), `moemerge tune OUT --data FILE` (train the routers), "
     "`moemerge push OUT REPO_ID`; each takes "
-    "--help.\n\n" + compat.HELP_NOTE,
+    "--help.\n\n" + mergekit_flags.HELP_NOTE,
 )
 def merge(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config (mergekit-moe configs work unchanged).")],
@@ -78,31 +80,31 @@ def merge(
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_version, help="Print the version and exit.")] = False,
-    cuda: compat.CudaOpt = False,
-    gpu_rich: compat.GpuRichOpt = False,
-    num_threads: compat.ThreadsOpt = None,
-    transformers_cache: compat.CacheOpt = None,
-    write_model_card: compat.CardOpt = True,
-    safe_serialization: compat.SafeOpt = True,
-    clone_tensors: compat.CloneOpt = False,
-    lora_merge_cache: compat.LoraCacheOpt = None,
-    lora_merge_dtype: compat.LoraDtypeOpt = None,
-    low_cpu_memory: compat.LowMemOpt = False,
-    read_to_gpu: compat.ReadGpuOpt = False,
-    multi_gpu: compat.MultiGpuOpt = False,
-    async_write: compat.AsyncOpt = False,
-    write_threads: compat.WriteThreadsOpt = None,
+    cuda: mergekit_flags.CudaOpt = False,
+    gpu_rich: mergekit_flags.GpuRichOpt = False,
+    num_threads: mergekit_flags.ThreadsOpt = None,
+    transformers_cache: mergekit_flags.CacheOpt = None,
+    write_model_card: mergekit_flags.CardOpt = True,
+    safe_serialization: mergekit_flags.SafeOpt = True,
+    clone_tensors: mergekit_flags.CloneOpt = False,
+    lora_merge_cache: mergekit_flags.LoraCacheOpt = None,
+    lora_merge_dtype: mergekit_flags.LoraDtypeOpt = None,
+    low_cpu_memory: mergekit_flags.LowMemOpt = False,
+    read_to_gpu: mergekit_flags.ReadGpuOpt = False,
+    multi_gpu: mergekit_flags.MultiGpuOpt = False,
+    async_write: mergekit_flags.AsyncOpt = False,
+    write_threads: mergekit_flags.WriteThreadsOpt = None,
 ) -> None:  # fmt: skip
-    from moemerge.pipeline import MergeOptions
-    from moemerge.pipeline import merge as run_merge
+    from moemerge.merge.pipeline import MergeOptions
+    from moemerge.merge.pipeline import merge as run_merge
 
     setup_logging(verbose, quiet)
     ignored = {"clone_tensors": clone_tensors, "lora_merge_cache": lora_merge_cache, "low_cpu_memory": low_cpu_memory,
                "lora_merge_dtype": lora_merge_dtype, "read_to_gpu": read_to_gpu, "multi_gpu": multi_gpu,
                "async_write": async_write, "write_threads": write_threads, "lazy_unpickle": lazy_unpickle}  # fmt: skip
-    compat.apply(num_threads=num_threads, transformers_cache=transformers_cache,
+    mergekit_flags.apply(num_threads=num_threads, transformers_cache=transformers_cache,
                  safe_serialization=safe_serialization, ignored=ignored)  # fmt: skip
-    device = compat.device(device, cuda=cuda, gpu_rich=gpu_rich)
+    device = mergekit_flags.device(device, cuda=cuda, gpu_rich=gpu_rich)
     options = MergeOptions(
         out_shard_size=parse_size(out_shard_size),
         copy_tokenizer=copy_tokenizer,
@@ -118,9 +120,9 @@ def merge(
     if private and not push_to_hub:
         raise ConfigError("--private only applies with --push-to-hub REPO_ID")
     if push_to_hub:
-        from moemerge import hub
+        from moemerge.publish import upload
 
-        hub.check_push(push_to_hub)  # before the merge, not after hours of it
+        upload.check_push(push_to_hub)  # before the merge, not after hours of it
     bar, update = progress_display(quiet)
     if bar is not None:
         bar.start()
@@ -135,7 +137,7 @@ def merge(
         print(f"wrote {out} ({prepared.arch.class_name}, {plural(len(prepared.experts), 'expert')}, "
               f"{plural(len(plan.shards), 'shard')}, {plan.total_size / 1e6:.1f} MB)")  # fmt: skip
     if push_to_hub:
-        url = hub.push(out, push_to_hub, private=private, revision=None, message=None)
+        url = upload.push(out, push_to_hub, private=private, revision=None, message=None)
         if not quiet:
             print(f"pushed {out} to {url}")
 
@@ -170,7 +172,7 @@ def _run(command, args: list[str], debug: bool, prog: str = "moemerge", *, own_p
     """Run one command line. `own_process`: main() was called as the program itself (not from a notebook or a test),
     so nothing of the caller's runs after it."""
     _state.update(signal=None, written=None)
-    hub_access.CACHE.update(dir=None, unreachable=None)  # each run (a notebook makes many) starts afresh
+    hub_reach.CACHE.update(dir=None, unreachable=None)  # each run (a notebook makes many) starts afresh
     previous = {}
     with contextlib.suppress(ValueError):  # only the main thread may set handlers (not so in a notebook thread)
         previous = {signum: signal.signal(signum, _interrupt) for signum in INTERRUPTS}

@@ -88,7 +88,7 @@ import json
 
 from IPython.display import Image, display
 
-from moemerge.routing import format_table
+from moemerge.forward.routing import format_table
 
 report = Path(MODEL_NAME) / "routing.json"
 if report.is_file():

@@ -1,4 +1,4 @@
-"""moemerge.arrays against torch: decoding stored bytes and encoding float32 give torch's bits exactly, edge values
+"""moemerge.sources.arrays against torch: decoding stored bytes and encoding float32 give torch's bits exactly, edge values
 (Inf, NaN, subnormals, rounding ties, overflow to Inf) included."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from moemerge import arrays
+from moemerge.sources import arrays
 
 
 def _values() -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch
 import transformers
 
 from moemerge.archs import ARCHITECTURES
-from moemerge.plan import ExpertSpec, build_plan
-from moemerge.sources import TensorInfo
+from moemerge.merge.tensor_plan import ExpertSpec, build_plan
+from moemerge.sources.folder import TensorInfo
 
 REAL = {
     "mistral-7b": ("MistralConfig", dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,

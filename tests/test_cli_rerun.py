@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from moemerge.config import load_config, parse_config
+from moemerge.config.schema import load_config, parse_config
 
 
 def _merge_relative(models, tmp_path, **extra):
@@ -44,7 +44,7 @@ def test_moemerge_yml_reruns_from_another_folder(models, tmp_path):
 
 
 def test_hub_ids_stay_ids(tmp_path):
-    from moemerge.config import dump_config
+    from moemerge.config.schema import dump_config
 
     config = parse_config({"base_model": "org/base@main", "experts": [{"source_model": "org/a+org/lora"}],
                            "gate_mode": "random"})  # fmt: skip

@@ -92,7 +92,7 @@ def test_restored_folder_is_not_replaced_without_overwrite(models, write_config,
 
 
 def test_interrupt_between_the_renames_puts_out_back(tmp_path, monkeypatch):
-    from moemerge import output
+    from moemerge.merge import output
 
     out, tmp = tmp_path / "out", tmp_path / ".out.moemerge-tmp-1"
     out.mkdir()

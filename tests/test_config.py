@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moemerge.config import load_config, parse_config
+from moemerge.config.schema import load_config, parse_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.yaml"))
 
@@ -44,7 +44,7 @@ def test_examples_merge_with_stand_in_models(name, models, write_config, cli, tm
     import yaml
     from conftest import load_moe
 
-    from moemerge.checks import check_config_rules
+    from moemerge.merge.checks import check_config_rules
 
     path = Path(__file__).parent.parent / "examples" / "configs" / name
     config = load_config(path)

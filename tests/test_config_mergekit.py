@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from moemerge.config import parse_config
+from moemerge.config.schema import parse_config
+from moemerge.config.spellings import for_base
 from moemerge.errors import ConfigError
-from moemerge.spellings import for_base
 
 EXPERTS = [{"source_model": "org/a", "positive_prompts": ["x"]}, {"source_model": "org/b", "positive_prompts": ["y"]}]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from moemerge import output
+from moemerge.merge import output
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def _fill_after(monkeypatch, limit: int) -> None:
         fh = real_open(file, mode, *args, **kwargs)
         return Filling(fh) if "w" in mode and str(file).endswith(".safetensors") else fh
 
-    monkeypatch.setattr("moemerge.writer.open", filling_open, raising=False)
+    monkeypatch.setattr("moemerge.merge.writer.open", filling_open, raising=False)
 
     def no_kernel_copy(*args, **kwargs):  # an in-kernel copy would bypass the stand-in's write()
         raise OSError(errno.EXDEV, "stand-in: copy through memory")

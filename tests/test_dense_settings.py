@@ -16,9 +16,9 @@ from conftest import load_moe
 from test_merge_mixtral import ALLOW_SAME
 from transformers import AutoModelForCausalLM
 
-from moemerge import checks
 from moemerge.archs import ARCHITECTURES, MoeShape, choose_architecture
 from moemerge.errors import MergeFailedError
+from moemerge.merge import checks
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,9 @@ from conftest import load_moe
 from test_archs import merge_same
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from moemerge import charts, evaluate, tiny
+from moemerge import tiny
+from moemerge.forward import evaluate
+from moemerge.publish import charts
 
 PROMPTS = {
     "code": ["def add(a, b): return a + b", "import numpy as np", "for i in range(10): print(i)"],

@@ -10,7 +10,7 @@ import pytest
 from safetensors import SafetensorError, safe_open
 
 from moemerge.errors import SourceError
-from moemerge.sources import ModelSource, read_safetensors_header
+from moemerge.sources.folder import ModelSource, read_safetensors_header
 
 GOOD = {"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
         "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}  # fmt: skip

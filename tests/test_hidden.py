@@ -8,10 +8,10 @@ from conftest import load_moe
 from safetensors.torch import load_file, save_file
 from test_merge_mixtral import all_tensors
 
-from moemerge.config import ExpertConfig
+from moemerge.config.schema import ExpertConfig
+from moemerge.forward.loading import LoadOptions
 from moemerge.gates import GateContext, compute_routers
-from moemerge.loading import LoadOptions
-from moemerge.sources import open_source
+from moemerge.sources.folder import open_source
 
 PROMPTS = ["def add(a, b): return a + b", "Once upon a time there was a dragon", "What is 12 times 7?"]
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

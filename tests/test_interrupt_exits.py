@@ -12,8 +12,8 @@ import time
 import pytest
 import yaml
 
-from moemerge import finite
-from moemerge.sources import ByteRange
+from moemerge.merge import finite
+from moemerge.sources.folder import ByteRange
 
 
 def test_the_checker_thread_never_holds_the_process(tmp_path):

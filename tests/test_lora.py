@@ -19,7 +19,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from moemerge import stream
+from moemerge.merge import stream
 
 peft = pytest.importorskip("peft")
 

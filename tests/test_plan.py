@@ -74,7 +74,7 @@ def test_plan_runs_every_check(models, write_config, cli, tmp_path):
 
 
 def test_plan_does_not_need_a_writable_folder(models, write_config, cli, monkeypatch):
-    from moemerge import dryrun
+    from moemerge.merge import costs as dryrun
 
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")

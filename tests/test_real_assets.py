@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moemerge.config import load_config
+from moemerge.config.schema import load_config
 from moemerge.real import Assets, cache, data, write_config
 
 
@@ -99,6 +99,6 @@ def test_the_merge_path_never_imports_the_real_assets():
     import subprocess
     import sys
 
-    code = ("import sys, moemerge.cli, moemerge.pipeline, moemerge.routing, moemerge.evaluate; "
+    code = ("import sys, moemerge.cli, moemerge.merge.pipeline, moemerge.forward.routing, moemerge.forward.evaluate; "
             "print([m for m in sys.modules if m.startswith('moemerge.real')])")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

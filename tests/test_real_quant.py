@@ -4,11 +4,11 @@
 import pytest
 import torch
 
-from moemerge.config import ExpertConfig
+from moemerge.config.schema import ExpertConfig
+from moemerge.forward.loading import LoadOptions, load_tokenizer, loaded_model
 from moemerge.gates import GateContext, compute_routers
-from moemerge.loading import LoadOptions, load_tokenizer, loaded_model
 from moemerge.real import merge_config
-from moemerge.sources import open_source
+from moemerge.sources.folder import open_source
 
 pytestmark = pytest.mark.real
 

@@ -197,7 +197,7 @@ def test_route_without_a_tokenizer(models, write_config, cli, tmp_path):
 def test_figure_labels_inside_with_many_layers_and_long_names():
     from test_eval import assert_labels_inside
 
-    from moemerge import charts
+    from moemerge.publish import charts
 
     experts = [f"{i}: SmolLM2-135M-Instruct-{d}-expert" for i, d in enumerate(("python", "arithmetic", "recipes"))]
     sets = [{"name": f"held-out {e}", "share": [0.5, 0.3, 0.2], "hit_rate_per_layer": [0.9] * 30} for e in experts]

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from test_merge_mixtral import ALLOW_SAME
 
-from moemerge import finite, stream
 from moemerge.errors import SourceError
-from moemerge.plan import FromModel, PlannedTensor
-from moemerge.sources import ModelSource, read_safetensors_header
+from moemerge.merge import finite, stream
+from moemerge.merge.tensor_plan import FromModel, PlannedTensor
+from moemerge.sources.folder import ModelSource, read_safetensors_header
 
 FLOATS = ["float64", "float32", "float16", "bfloat16", "float8_e5m2", "float8_e4m3fn"]
 

@@ -9,7 +9,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from moemerge import tiny, tokenize
+from moemerge import tiny
+from moemerge.forward import tokenize
 
 PROMPTS = ["", "Hello world", "  two leading spaces", "numbers 12345 and 3.14", "café ñ 日本語 🙂", "<s> inside",
            "a</s>b", "line one\nline two", "Hello <|im_start|> there", "<|endoftext|>x", "UPPER lower", "tab\there"]  # fmt: skip

@@ -10,8 +10,8 @@ import torch
 import tunekit
 import yaml
 
-from moemerge.config import load_config
-from moemerge.rewrite import locate
+from moemerge.config.schema import load_config
+from moemerge.merge.rewrite import locate
 
 FAST = ("--steps", "4", "--seq-len", "32", "--batch-tokens", "128")
 

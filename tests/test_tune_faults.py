@@ -13,8 +13,10 @@ import torch
 import tunekit
 import yaml
 
-from moemerge import evaluate, textdata, tune
-from moemerge.loading import LoadOptions, load_tokenizer
+from moemerge.forward import evaluate
+from moemerge.forward.loading import LoadOptions, load_tokenizer
+from moemerge.training import data as textdata
+from moemerge.training import loop as tune
 
 FAST = ("--steps", "4", "--seq-len", "32", "--batch-tokens", "128")  # 4 windows a step, 16 in a run
 
@@ -142,7 +144,7 @@ def test_train_top_k_beyond_the_experts_is_refused_before_loading(task, tmp_path
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("moemerge.tuning.loaded_model", no_loading)
+    monkeypatch.setattr("moemerge.training.run.loaded_model", no_loading)
     code, _, err = cli("tune", str(out), "--data", str(data["a"]), "--train-top-k", "5")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "--train-top-k 5: the model has only 2 experts" in lines[0], lines

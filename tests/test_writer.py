@@ -110,8 +110,8 @@ def test_writer_copies_byte_ranges_and_writes_tensors(tmp_path):
     """The writer knows no plan: a tensor's chunks may mix in-memory tensors and byte ranges of any file."""
     from safetensors.torch import load_file, save_file
 
-    from moemerge.sources import ByteRange, read_safetensors_header
-    from moemerge.writer import ShardLayout, write_shards
+    from moemerge.merge.writer import ShardLayout, write_shards
+    from moemerge.sources.folder import ByteRange, read_safetensors_header
 
     source = {"w": torch.randn(6, 5), "b": torch.arange(7, dtype=torch.int64)}
     save_file(source, str(tmp_path / "src.safetensors"))

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from moemerge.config import ExpertConfig
+from moemerge.config.schema import ExpertConfig
 from moemerge.errors import ConfigError
-from moemerge.loading import LoadOptions
-from moemerge.sources import ModelSource
+from moemerge.forward.loading import LoadOptions
+from moemerge.sources.folder import ModelSource
 
 log = logging.getLogger(__name__)
 DEGENERATE_CONDITION = 5.0

@@ -1,13 +1,13 @@
 """`cheap_embed`: the sum of the base's embedding rows over every prompt token, normalised; same row every layer.
-Prompts are tokenised from tokenizer.json (moemerge.tokenize) and rows summed in numpy: this mode imports neither
+Prompts are tokenised from tokenizer.json (moemerge.forward.tokenize) and rows summed in numpy: this mode imports neither
 transformers nor torch."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from moemerge import tokenize
 from moemerge.errors import IncompatibleModelsError
+from moemerge.forward import tokenize
 
 
 def _runs(ids: list[int]) -> list[tuple[int, int]]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from moemerge.batching import chunks, left_padded
 from moemerge.errors import ConfigError, IncompatibleModelsError
-from moemerge.loading import free_memory, input_device, loaded_model
+from moemerge.forward.batching import chunks, left_padded, peak_tokens
+from moemerge.forward.fit import activation_bytes
+from moemerge.forward.loading import free_memory, input_device, loaded_model
 
 log = logging.getLogger(__name__)
 FORWARD_MODES = ("hidden", "hidden_avg", "mlp_input", "mlp_input_avg")  # gate modes that run the base on prompts
@@ -20,8 +21,8 @@ HIDDEN_BUDGET_BYTES = 512 * 1024**2  # hidden states kept for one chunk of promp
 def check_inputs(config, base, load) -> list[str]:
     """What would stop the hidden-state pass, found before any work (`plan` runs this too): a --device without
     its GPU, and prompts that tokenise to nothing or run past the base's positions, each named by its place."""
-    from moemerge import tokenize
-    from moemerge.loading import check_device
+    from moemerge.forward import tokenize
+    from moemerge.forward.loading import check_device
 
     if not base.has_files:
         return []
@@ -62,7 +63,6 @@ def compute_mean(context):
 
 
 def _compute(context, *, average: bool):
-
     from moemerge.gates import prompt_items
 
     items = prompt_items(context)
@@ -100,7 +100,11 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
     max_tokens = max(1, HIDDEN_BUDGET_BYTES // ((layers + 1) * hidden * 4))
     pad_id = context.tokenizer.pad_token_id or 0
     done = 0
-    with loaded_model(context.base.path, context.load) as model, torch.inference_mode():
+    peak = activation_bytes(context.base.path, peak_tokens(items, max_tokens), logits=False, states=True)
+    with (
+        loaded_model(context.base.path, context.load, activations=peak, what="the hidden-state pass") as model,
+        torch.inference_mode(),
+    ):
         device = input_device(model)
         for chunk in chunks(items, max_tokens):
             inputs = left_padded(chunk, pad_id, device)

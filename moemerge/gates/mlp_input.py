@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 
-from moemerge.batching import chunks, left_padded
 from moemerge.errors import IncompatibleModelsError
+from moemerge.forward.batching import chunks, left_padded, peak_tokens
+from moemerge.forward.fit import activation_bytes
+from moemerge.forward.loading import free_memory, input_device, loaded_model
 from moemerge.gates.hidden import _row
-from moemerge.loading import free_memory, input_device, loaded_model
 
 PASS_TOKENS = 4096  # tokens per forward pass: the rows are reduced inside the hooks, so only activations count
 MLP = re.compile(r"(?:.*\.)?layers\.(\d+)\.mlp")
@@ -68,7 +69,11 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
         return capture
 
     done = 0
-    with loaded_model(context.base.path, context.load) as model, torch.inference_mode():
+    peak = activation_bytes(context.base.path, peak_tokens(items, max_tokens), logits=False)
+    with (
+        loaded_model(context.base.path, context.load, activations=peak, what="the MLP-input pass") as model,
+        torch.inference_mode(),
+    ):
         handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(mlp_modules(model, layers))]
         try:
             device = input_device(model)
