@@ -134,16 +134,56 @@ def _describe(error: dict[str, Any]) -> str:
 
 def parse_config(data: Any, *, source: str = "config") -> MergeConfig:
     """Validate an already-parsed YAML document; every problem is reported at once."""
+    config, problems = _validate(data, source=source)
+    if problems:
+        raise problems_error(ConfigError, problems)
+    return config
+
+
+def _validate(data: Any, *, source: str) -> tuple[MergeConfig | None, list[str]]:
+    """The config and every problem in it. Where the problems are all in keys that can go (unknown keys, fields with
+    a default), the config without them is returned too, so that the models it names are still checked in the same
+    run; None where even that does not validate."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
-        raise ConfigError(f"{source}: the config is {kind}; it needs at least base_model and experts")
+        return None, [f"{source}: the config is {kind}; it needs at least base_model and experts"]
     data = spellings.from_mergekit(data, top=list(MergeConfig.model_fields), expert=list(ExpertConfig.model_fields),
                                    source=source)  # fmt: skip
     try:
-        return MergeConfig.model_validate(data)
+        return MergeConfig.model_validate(data), []
     except ValidationError as exc:
-        problems = [f"{source}: {_describe(err)}" for err in exc.errors()]
-        raise problems_error(ConfigError, problems) from None
+        errors = exc.errors()
+    problems = [f"{source}: {_describe(err)}" for err in errors]
+    try:
+        return MergeConfig.model_validate(_without(data, errors)), problems
+    except (ValidationError, KeyError, IndexError, TypeError, ValueError):
+        return None, problems
+
+
+def _without(data: dict[str, Any], errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """A deep copy of `data` without the faults pydantic found, for the checks that follow (never for a run): a
+    near-miss key is read as the key it suggests, other unknown keys and wrong values go, wrong prompts become a
+    stand-in and an unknown gate_mode `random` (asks nothing of prompts), so that no check adds a guess of its own."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for error in errors:
+        loc = tuple(error["loc"])
+        prompts = next((i for i, part in enumerate(loc) if part in PROMPT_FIELDS), None)
+        *parents, key = loc if prompts is None else loc[: prompts + 1]
+        holder: Any = data
+        for part in parents:
+            holder = holder[part]
+        close = difflib.get_close_matches(str(key), _valid_keys(loc), n=1)
+        if loc == ("gate_mode",):
+            holder[key] = "random"
+        elif prompts is not None:
+            holder[key] = ["<invalid prompts>"]
+        elif error["type"] == "extra_forbidden" and close and close[0] not in holder:
+            holder[close[0]] = holder.pop(key)
+        elif isinstance(holder, dict) and key in holder:
+            del holder[key]
+    return data
 
 
 MAX_CONFIG_BYTES = 64 * 2**20
@@ -160,7 +200,17 @@ def read_text_file(path: Path, limit: int, what: str) -> str:
 
 
 def load_config(path: str | Path) -> MergeConfig:
-    """Read and validate a YAML config file (mergekit-moe configs are accepted unchanged)."""
+    """Read and validate a YAML config file (mergekit-moe configs are accepted unchanged); every problem at once."""
+    config, problems = read_config(path)
+    if problems:
+        raise problems_error(ConfigError, problems)
+    return config
+
+
+def read_config(path: str | Path) -> tuple[MergeConfig | None, list[str]]:
+    """The config of a YAML file and every problem in it. A config is returned despite problems where it validates
+    without the keys at fault (unknown keys, unreadable prompt files), so that a merge can check the models it names
+    in the same run; None where it does not. A file that cannot be read or parsed raises ConfigError."""
     path = Path(path)
     try:
         text = read_text_file(path, MAX_CONFIG_BYTES, "config")
@@ -175,10 +225,12 @@ def load_config(path: str | Path) -> MergeConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    problems: list[str] = []
     if isinstance(data, dict):
-        data = _read_prompt_files(data, base_dir=path.resolve().parent, source=str(path))
+        data, problems = _read_prompt_files(data, base_dir=path.resolve().parent, source=str(path))
         data = _resolve_training_data(data, base_dir=path.resolve().parent)
-    return parse_config(data, source=str(path))
+    config, schema_problems = _validate(data, source=str(path))
+    return config, problems + schema_problems
 
 
 def _resolve_training_data(data: dict[str, Any], *, base_dir: Path) -> dict[str, Any]:
@@ -203,8 +255,10 @@ def _resolve_training_data(data: dict[str, Any], *, base_dir: Path) -> dict[str,
 PROMPT_FIELDS = ("positive_prompts", "negative_prompts")
 
 
-def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> dict[str, Any]:
-    """`positive_prompts: prompts/code.txt` (one prompt per line, relative to the config) becomes the list."""
+def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> tuple[dict[str, Any], list[str]]:
+    """`positive_prompts: prompts/code.txt` (one prompt per line, relative to the config) becomes the list. A file
+    that cannot be read is a problem, and a stand-in prompt naming it takes its place, so that the rest of the config
+    is still checked (without a second, false "needs positive prompts"); such a config is never run."""
     problems: list[str] = []
     data = dict(data)
     for group in ("experts", "shared_experts"):
@@ -218,16 +272,16 @@ def _read_prompt_files(data: dict[str, Any], *, base_dir: Path, source: str) -> 
                     if not (base_dir / entry[key]).exists():  # most often one prompt written without the list
                         problems.append(f"{source}: {group}[{i}].{key}: prompt file {entry[key]!r} not found (relative "
                                         f"to the config); write a single prompt as a list: {key}: [{entry[key]!r}]")  # fmt: skip
+                        entry[key] = [f"<unread prompt file {entry[key]}>"]
                         continue
                     try:
                         entry[key] = read_prompt_file(base_dir / entry[key])
                     except ConfigError as exc:
                         problems.append(f"{source}: {group}[{i}].{key}: {exc}")
+                        entry[key] = [f"<unread prompt file {entry[key]}>"]
             entries.append(entry)
         data[group] = entries
-    if problems:
-        raise problems_error(ConfigError, problems)
-    return data
+    return data, problems
 
 
 def read_prompt_file(path: Path) -> list[str]:

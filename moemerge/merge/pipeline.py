@@ -12,8 +12,9 @@ from pathlib import Path
 
 from moemerge.archs import MoeShape, OutputArch, choose_architecture
 from moemerge.config import spellings
-from moemerge.config.schema import MergeConfig, dump_config, load_config
+from moemerge.config.schema import MergeConfig, dump_config, read_config
 from moemerge.errors import (
+    ConfigError,
     IncompatibleModelsError,
     MergeFailedError,
     MoemergeError,
@@ -72,14 +73,17 @@ class Prepared:
 def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepared:
     """Load and check everything from config.json files and headers only; raises once with every problem.
     `out` None: a dry run (`moemerge plan`), which has no output folder to check."""
-    config = load_config(config_path)
-    problems = checks.check_config_rules(config)
+    config, problems = read_config(config_path)  # every problem at once: the models are checked despite these
+    error = ConfigError if problems else IncompatibleModelsError
+    if config is None:
+        raise problems_error(ConfigError, problems)
+    problems += checks.check_config_rules(config)
     if out is not None:
         problems += checks.check_output(out, overwrite=options.overwrite)
     models, open_problems = open_models(config, config_path.resolve().parent, headers_only=out is None)
     problems += open_problems
     if open_problems:
-        raise problems_error(IncompatibleModelsError, problems)
+        raise problems_error(error, problems)
     base, rest = models[0], models[1:]
     experts, shared = rest[: len(config.experts)], rest[len(config.experts) :]
     labelled = [(f"experts[{i}]", m) for i, m in enumerate(experts)] + [
@@ -98,7 +102,7 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     if config.router_training is not None:
         problems += run.check_section(config.router_training, arch.model_type if arch else None, len(config.experts))
     if problems:
-        raise problems_error(IncompatibleModelsError, problems)
+        raise problems_error(error, problems)
     for warning in arch.warnings:
         log.warning("%s: %s", arch.name, warning)
     seed = options.seed if options.seed is not None else (config.seed if config.seed is not None else 0)
