@@ -121,3 +121,18 @@ def test_a_published_style_config_merges_with_one_warning(models, write_config, 
     assert code == 0, err
     ignored = [line for line in err.splitlines() if "ignoring" in line]
     assert len(ignored) == 1 and "'merge_method', 'tokenizer_source', 'experts[1].parameters'" in ignored[0]
+
+
+def test_a_revision_on_a_local_folder_is_ignored_with_a_warning(models, write_config, cli, tmp_path):
+    """mergekit's mapping `{model: {path: FOLDER, revision: main}}`: the folder is read as it is, and a warning says
+    the revision was ignored (it names a Hub commit)."""
+    base = models.base("llama")
+    expert = models.expert(base, 1)
+    data = {"base_model": {"model": {"path": str(base), "revision": "main"}}, "gate_mode": "random",
+            "experts": [{"source_model": {"model": {"path": str(expert), "revision": "main"}}},
+                        {"source_model": str(models.expert(base, 2))}]}  # fmt: skip
+    code, _, err = cli(write_config(data), tmp_path / "out")
+    assert code == 0, err
+    assert "no such folder" not in err
+    assert f"'{expert}@main': revision 'main' ignored: {expert} is a local folder" in err
+    assert "@main" not in (tmp_path / "out" / "moemerge.yml").read_text().split("# Provenance")[0]

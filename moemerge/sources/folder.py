@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -217,11 +218,28 @@ def _remote_source(ref: str, wanted: Callable[[str], bool]) -> ModelSource:
 
 
 def resolve_path(ref: str, *, base_dir: Path | None) -> Path | None:
-    """A local folder for `ref` (as given, then relative to the config file's folder), or None."""
+    """A local folder for `ref` (as given, then relative to the config file's folder), or None. A revision on a
+    local folder (`folder@main`, as a mergekit mapping with `revision:` writes it) is ignored, with a warning."""
+    found = _local_folder(ref, base_dir)
+    if found is None and "@" in ref:
+        folder, _, revision = ref.rpartition("@")
+        found = _local_folder(folder, base_dir) if folder else None
+        if found is not None:
+            _ignored_revision(ref, revision, found)
+    return found
+
+
+def _local_folder(ref: str, base_dir: Path | None) -> Path | None:
     candidates = [Path(ref).expanduser()]
     if base_dir is not None and not Path(ref).is_absolute():
         candidates.append(base_dir / ref)
     return next((c.resolve() for c in candidates if c.is_dir()), None)
+
+
+@functools.cache  # once per reference, however often it is resolved
+def _ignored_revision(ref: str, revision: str, folder: Path) -> None:
+    log.warning("'%s': revision '%s' ignored: %s is a local folder, read as it is (a revision names a Hub commit, "
+                "branch or tag)", ref, revision, folder)  # fmt: skip
 
 
 def open_source(
