@@ -72,3 +72,9 @@ def limited(limit: int):
                 import time
 
                 time.sleep(0.1)
+
+
+def run_free(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The same command without a limit, to compare against."""
+    return subprocess.run([sys.executable, "-m", "moemerge", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)  # fmt: skip

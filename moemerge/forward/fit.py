@@ -14,6 +14,7 @@ from moemerge.forward.room import Room, cpu_room, gpu_room
 log = logging.getLogger(__name__)
 RUNTIME_BYTES = 64 * 2**20  # what loading holds beside the weights (one tensor read at a time; imports are already in)
 MARGIN = 1.10  # weights as loaded take a little more than their bytes (buffers, the allocator's slack)
+USABLE = 0.75  # share of the room a load plans to fill (measured: past ~85 % a 500 MB cgroup killed the process)
 BYTES_PER_PARAM = {"4bit": 0.56, "8bit": 1.06}  # bitsandbytes weights plus their scales
 
 
@@ -84,9 +85,11 @@ def weights_of(shapes: dict[str, tuple[int, ...]], bytes_per_param: float) -> We
 
 
 def decide(found: Weights, activations: int, room: Room) -> Fit:
-    """Memory, offload or refuse, for a load of `found` weights running `activations` bytes at a time."""
+    """Memory, offload or refuse, for a load of `found` weights running `activations` bytes at a time. Only
+    USABLE of the room is planned for: the kernel needs slack for the page cache the reads and writes go through."""
+    room = Room(int(room.bytes * USABLE), room.source)
     need = int(found.total * MARGIN) + activations + RUNTIME_BYTES
-    smallest = int((found.largest_layer * 2 + found.outside) * MARGIN) + activations + RUNTIME_BYTES
+    smallest = int((found.largest_layer * 1.5 + found.outside) * MARGIN) + activations + RUNTIME_BYTES
     if need <= room.bytes:
         return Fit("memory", need, room, smallest=smallest)
     if smallest > room.bytes:
