@@ -26,6 +26,7 @@ def test_demo_config_end_to_end(real_assets, cli, tmp_path, monkeypatch):
     code, out, err = cli("demo.yaml", "demo/out")
     assert code == 0, err
     assert "MixtralForCausalLM, 3 experts" in out
+    assert "near-degenerate" not in err  # contrastive rows that route well raise no alarm (issue 22)
     load_moe(tmp_path / "demo" / "out")
 
     code, out, err = cli("route", "demo/out", "--prompts", "demo/models/data/held_out_prompts.yaml")

@@ -14,7 +14,7 @@ from moemerge.forward.loading import LoadOptions
 from moemerge.sources.folder import ModelSource
 
 log = logging.getLogger(__name__)
-DEGENERATE_CONDITION = 5.0
+DEGENERATE_CONDITION = 5.0  # mergekit's rule for rows that are plain prompt means
 
 
 @dataclass
@@ -95,7 +95,8 @@ def compute_routers(mode: str, context: GateContext):
     if tuple(routers.shape) != expected:
         raise AssertionError(f"gate mode {mode} returned {tuple(routers.shape)}, expected {expected}")
     if mode not in ("random", "uniform_random"):
-        warn_degenerate(routers)
+        contrastive = [bool(expert.negative_prompts) for expert in context.experts]
+        warn_degenerate(routers, contrastive=contrastive)
     return routers
 
 
@@ -110,22 +111,50 @@ def combine(positive, negative):
     return unit(positive) if negative is None else unit(unit(positive) - unit(negative))
 
 
-def warn_degenerate(routers) -> list[int]:
-    """Layers whose router matrix (experts, hidden) has condition number > 5; logged as a warning."""
+def degenerate_layers(routers, *, contrastive=None) -> dict[int, str]:
+    """Layers whose routers (layers, experts, hidden) cannot tell the experts apart, each with its reason.
+
+    Rows that are plain prompt means (experts without negative prompts): mergekit's rule, condition number > 5.
+    Prompt means share large directions, so rows that differ little make that matrix ill-conditioned.
+    Rows with negatives are differences: when each domain's prompts are the others' negatives they sum to about zero
+    by construction, and their condition number is huge however well they route. Routing does not change when one
+    vector is added to every row (every expert's logit moves by the same amount), so with any contrastive row the
+    rule is applied to the rows minus their mean row, over the experts - 1 directions those can span: it fires when
+    rows coincide, or when one expert's row is nearly a weighted average of the others' (it can hardly win)."""
     import numpy as np
 
     routers = np.asarray(routers, dtype=np.float64)
-    if routers.shape[1] < 2:
-        return []
+    experts = routers.shape[1]
+    contrastive = list(contrastive) if contrastive is not None else [False] * experts
+    plain = [e for e in range(experts) if not contrastive[e]]
+    bad: dict[int, str] = {}
     with np.errstate(divide="ignore", invalid="ignore"):  # a singular matrix has condition number inf
-        conditions = np.linalg.cond(routers)
-    bad = [i for i, c in enumerate(conditions.tolist()) if not c < DEGENERATE_CONDITION]
-    if bad:
-        where = f"all {len(bad)} layers" if len(bad) == routers.shape[0] > 1 else "layer(s) " + ", ".join(map(str, bad))
+        if len(plain) >= 2:
+            for layer, c in enumerate(np.linalg.cond(routers[:, plain]).tolist()):
+                if not c < DEGENERATE_CONDITION:
+                    bad[layer] = f"condition number > {DEGENERATE_CONDITION:g}"
+        if any(contrastive) and experts >= 2:
+            spread = np.linalg.svd(routers - routers.mean(axis=1, keepdims=True), compute_uv=False)[:, : experts - 1]
+            length = np.linalg.norm(routers, axis=-1).max(axis=-1)  # rows coinciding to float32 rounding: spread 0
+            spread = np.where(spread > 1e-6 * length[:, None], spread, 0.0)
+            for layer, c in enumerate((spread[:, 0] / spread[:, -1]).tolist()):
+                if not c < DEGENERATE_CONDITION:
+                    reason = f"condition number of the rows minus their mean > {DEGENERATE_CONDITION:g}"
+                    bad.setdefault(layer, reason)
+    return bad
+
+
+def warn_degenerate(routers, *, contrastive=None) -> list[int]:
+    """The degenerate layers (see degenerate_layers), logged as one warning per reason; returns their indices."""
+    bad = degenerate_layers(routers, contrastive=contrastive)
+    layers = len(routers)
+    for reason in dict.fromkeys(bad.values()):
+        these = [layer for layer, why in bad.items() if why == reason]
+        where = f"all {layers} layers" if len(these) == layers > 1 else "layer(s) " + ", ".join(map(str, these))
         log.warning(
-            "router matrix near-degenerate in %s (condition number > %g): the experts' prompts are too similar; "
+            "router matrix near-degenerate in %s (%s): the experts' prompts are too similar; "
             "give each expert more distinct positive prompts",
             where,
-            DEGENERATE_CONDITION,
+            reason,
         )
-    return bad
+    return sorted(bad)

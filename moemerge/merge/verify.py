@@ -134,14 +134,15 @@ def check_structure(folder: Path) -> tuple[list[str], dict[str, Any], dict[str, 
 
 
 def check_routers(folder: Path, config: dict[str, Any], tensors: dict[str, TensorInfo]) -> tuple[list[str], list[str]]:
-    """Routers must be finite with no all-zero row; near-degenerate layers (condition > 5) are only noted."""
+    """Routers must be finite with no all-zero row; near-degenerate layers (moemerge.gates.degenerate_layers, with
+    the experts' negative prompts from moemerge.yml when it is there) are only noted."""
     import torch
     from safetensors import safe_open
 
-    from moemerge.gates import DEGENERATE_CONDITION
+    from moemerge.gates import degenerate_layers
 
     arch = _arch(config)
-    findings, degenerate = [], []
+    findings, sound = [], {}
     for layer in range(config["num_hidden_layers"]):
         name = arch.router.format(layer=layer)
         if name not in tensors:
@@ -152,12 +153,27 @@ def check_routers(folder: Path, config: dict[str, Any], tensors: dict[str, Tenso
             findings.append(f"{name}: router has NaN or Inf values")
         elif (router.norm(dim=-1) == 0).any():
             findings.append(f"{name}: router has an all-zero row (that expert can never win)")
-        elif router.shape[0] > 1 and not torch.linalg.cond(router) < DEGENERATE_CONDITION:
-            degenerate.append(layer)
-    notes = (
-        [f"routers near-degenerate (condition > {DEGENERATE_CONDITION:g}) in layers {degenerate}"] if degenerate else []
-    )
+        elif router.shape[0] > 1:
+            sound[layer] = router.numpy()
+    notes = []
+    if sound:
+        layers = list(sound)
+        bad = degenerate_layers(list(sound.values()), contrastive=_contrastive(folder, len(sound[layers[0]])))
+        notes = [f"routers near-degenerate ({why}) in layers {[layers[i] for i in bad if bad[i] == why]}"
+                 for why in dict.fromkeys(bad.values())]  # fmt: skip
     return findings, notes
+
+
+def _contrastive(folder: Path, experts: int) -> list[bool] | None:
+    """Which experts were given negative prompts, from OUT/moemerge.yml; None when it cannot tell."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load((folder / "moemerge.yml").read_text(encoding="utf-8"))["experts"]
+        flags = [bool(expert.get("negative_prompts")) for expert in recorded]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return flags if len(flags) == experts else None
 
 
 def check_loading(folder: Path, config: dict[str, Any], load: LoadOptions) -> tuple[list[str], list[str]]:
