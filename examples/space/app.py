@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import torch
+
 from moemerge.ui.app import launch
 
 # A Space serves on 0.0.0.0:7860 behind Hugging Face's proxy; typed paths stay inside WORK (no --allow-any-path).
@@ -10,4 +12,4 @@ WORK = Path(os.environ.get("MOEMERGE_WORKDIR", "/tmp/moemerge-work"))
 
 if __name__ == "__main__":
     launch(host="0.0.0.0", port=int(os.environ.get("PORT", "7860")), workdir=WORK,
-           device="cuda" if os.environ.get("SPACE_HARDWARE", "cpu").startswith(("t4", "a10", "a100", "l4", "l40", "h100")) else "cpu")  # fmt: skip
+           device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip

@@ -26,7 +26,7 @@ def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
     return PushError(f"push to {repo_id} failed ({exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]})")
 
 
-def check_push(repo_id: str) -> None:
+def check_push(repo_id: str, token: str | None = None) -> None:
     """What can be known before a long merge: the repo name is valid and a token is there."""
     from huggingface_hub import get_token
     from huggingface_hub.errors import HFValidationError
@@ -39,17 +39,18 @@ def check_push(repo_id: str) -> None:
         valid = False
     if not valid:
         raise ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' (letters, digits, -, _, .)")
-    if not get_token():
+    if not (token or get_token()):
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
 
 
-def push(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str | None) -> str:
-    """Create `repo_id` if needed and upload `folder` to it; returns the repo's URL. The token comes from HF_TOKEN or
-    the user's login and is never printed, logged or written."""
+def push(folder: Path, repo_id: str, *, private: bool, revision: str | None, message: str | None,
+         token: str | None = None) -> str:  # fmt: skip
+    """Create `repo_id` if needed and upload `folder` to it; returns the repo's URL. The token comes from `token` (the
+    web page's field, for this push only), else HF_TOKEN or the user's login; it is never printed, logged or written."""
     from huggingface_hub import HfApi
 
-    check_push(repo_id)
-    api = HfApi()
+    check_push(repo_id, token)
+    api = HfApi(token=token)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -25,9 +25,11 @@ class Workspace:
         if not text:
             raise ConfigError(f"{what}: give a path")
         path = Path(os.path.expanduser(text)) if self.anywhere else Path(text)
-        resolved = (self.root / path).resolve()
-        root = self.root.resolve()
-        if not self.anywhere and resolved != root and root not in resolved.parents:
+        # the check is on the written path (`..` folded, links not followed): links the folder's owner put there are
+        # theirs to make; a typed path cannot climb out
+        written, root = Path(os.path.abspath(self.root / path)), Path(os.path.abspath(self.root))
+        resolved = written.resolve()
+        if not self.anywhere and written != root and root not in written.parents:
             raise ConfigError(f"{what}: {text} is outside the work folder {root}; use a path inside it "
                               "(or run `moemerge ui --allow-any-path` on your own machine)")  # fmt: skip
         return resolved
@@ -38,9 +40,9 @@ class Workspace:
         return "+".join(self._one_model(part, what) for part in str(ref).split("+"))
 
     def _one_model(self, ref: str, what: str) -> str:
-        from moemerge import hub
+        from moemerge.ui.lib import lib
 
-        local = ref.startswith((".", "/", "~")) or not hub.looks_like_hub_id(ref)
+        local = ref.startswith((".", "/", "~")) or not lib("hub").looks_like_hub_id(ref)
         if not local and not (self.root / ref).exists():
             return ref  # `org/name`: a Hub model, unless such a folder exists in the work folder
         return str(self.path(ref, what=what))
@@ -61,7 +63,8 @@ class Workspace:
                 problems.append(str(exc))
                 return value
 
-        data["base_model"] = fix("base_model", data.get("base_model"), self.model_ref)
+        if "base_model" in data:
+            data["base_model"] = fix("base_model", data["base_model"], self.model_ref)
         for group in ("experts", "shared_experts"):
             if not isinstance(data.get(group), list):
                 continue
@@ -90,5 +93,4 @@ class Workspace:
             elif isinstance(files, dict):
                 files = {k: fix(f"router_training.data.{k}", f, one) for k, f in files.items()}
             data["router_training"] = {**section, "data": files}
-        data.pop("base_model") if data.get("base_model") is None else None
         return data, problems
