@@ -1,6 +1,6 @@
 """Real tier: `moemerge tune` with its defaults on the real code and math experts (a top-1 `hidden` MoE of the two)
 lowers the held-out loss on both domains and closes at least the share of each base-to-expert gap that the recipe of
-the issue asking for it reached (94 % code, 96 % math). Measured on the 2-core CPU: 97 % / 101 % (README)."""
+the issue asking for it reached (94 % code, 96 % math). Measured on the 2-core CPU: 97 % / 101 % (docs/router-training.md)."""
 
 from __future__ import annotations
 
