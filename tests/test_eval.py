@@ -297,3 +297,13 @@ def test_a_capped_long_text_gives_the_full_texts_tokens(tmp_path):
     for cap in (100, 1000):
         found = evaluate.windows(tokenizer, [text], window=256, max_tokens=cap)
         assert [t for w in found for t in w] == full[:cap]
+
+
+def test_non_utf8_data_says_so_as_tune_does(tmp_path):
+    from moemerge.errors import ConfigError
+    from moemerge.forward.evaluate import parse_data
+
+    (tmp_path / "nonutf.txt").write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(ConfigError) as exc:
+        parse_data([f"n={tmp_path / 'nonutf.txt'}"])
+    assert str(exc.value) == f"--data n: {tmp_path / 'nonutf.txt'} is not UTF-8 text"

@@ -51,8 +51,12 @@ def parse_data(specs: list[str]) -> list[Dataset]:
             except FileNotFoundError:
                 problems.append(f"--data {name}: {file} not found")
                 continue
-            except (OSError, UnicodeDecodeError, ConfigError) as exc:
-                problems.append(f"--data {name}: {exc if isinstance(exc, ConfigError) else exc.__class__.__name__}")
+            except UnicodeDecodeError:
+                problems.append(f"--data {name}: {file} is not UTF-8 text")  # as tune says it
+                continue
+            except (OSError, ConfigError) as exc:
+                why = exc if isinstance(exc, ConfigError) else f"cannot read {file} ({exc.strerror or exc})"
+                problems.append(f"--data {name}: {why}")
                 continue
             if not text.strip():
                 problems.append(f"--data {name}: {file} is empty")
