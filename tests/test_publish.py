@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -218,3 +219,55 @@ def test_plan_of_a_bin_only_hub_model_says_why(models, tmp_path):
         merged = run([config, tmp_path / "out", "-q"], endpoint=hub.url, home=tmp_path / "hf")
     assert planned.returncode == 2 and "no safetensors weights on the Hub" in planned.stderr
     assert merged.returncode == 0, merged.stderr  # the merge downloads and reads the .bin lazily
+
+
+def test_push_while_offline_names_the_variable(merged, tmp_path):
+    out, _ = merged
+    result = run(["push", out, "someone/x"], home=tmp_path / "hf", offline=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "HF_HUB_OFFLINE=1 is set" in result.stderr and "unset HF_HUB_OFFLINE" in result.stderr
+    assert "check the network" not in result.stderr
+    merge = run([out / "moemerge.yml", tmp_path / "never", "--push-to-hub", "someone/x"], home=tmp_path / "hf",
+                offline=True)  # fmt: skip
+    assert merge.returncode == 1 and "HF_HUB_OFFLINE=1 is set" in merge.stderr
+    assert not (tmp_path / "never").exists()  # refused before any work
+
+
+class _Api:
+    """HfApi with upload_large_folder (huggingface_hub < 2), recording what push calls."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, token=None):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        return f"https://hub.example/{repo_id}"
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+
+    def upload_large_folder(self, **kwargs):
+        self.calls.append(("upload_large_folder", kwargs))
+
+
+@pytest.mark.parametrize("message", [None, "my message"])
+def test_a_commit_message_is_never_dropped_on_a_large_upload(tmp_path, monkeypatch, caplog, message):
+    import huggingface_hub
+
+    from moemerge.publish import upload
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _Api)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(upload, "LARGE_UPLOAD_BYTES", 10)
+    _Api.calls = []
+    monkeypatch.setattr(logging.getLogger("moemerge"), "propagate", True)  # an in-process CLI run turns it off
+    with caplog.at_level(logging.WARNING, logger="moemerge"):
+        upload.push(tmp_path, "someone/big", private=False, revision=None, message=message, token="hf_x")
+    [(method, kwargs)] = _Api.calls
+    if message is None:
+        assert method == "upload_large_folder"  # resumable
+    else:
+        assert method == "upload_folder" and kwargs["commit_message"] == "my message"
+        assert "upload_large_folder takes no commit message" in caplog.text

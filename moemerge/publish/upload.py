@@ -3,9 +3,14 @@ every failure becomes one line naming the repo."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from moemerge.errors import ConfigError, MoemergeError, PushError
+
+log = logging.getLogger(__name__)
+OFFLINE = ("HF_HUB_OFFLINE=1 is set, so the Hugging Face client makes no network calls: unset it (`unset "
+           "HF_HUB_OFFLINE`) to push {repo}")  # fmt: skip
 
 # above this, upload_large_folder (resumable, several commits) where huggingface_hub < 2 has it; 2.x removed it and
 # its upload_folder handles large folders itself
@@ -16,6 +21,8 @@ def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
     from huggingface_hub import errors
 
     match exc:
+        case errors.OfflineModeIsEnabled():
+            return PushError(OFFLINE.format(repo=repo_id))
         case errors.HfHubHTTPError() if exc.response is not None and exc.response.status_code in (401, 403):
             return PushError(f"the Hub refused {repo_id}: your token lacks write access to it (check the name and "
                              "the token's permissions)")  # fmt: skip
@@ -27,8 +34,8 @@ def _push_error(repo_id: str, exc: Exception) -> MoemergeError:
 
 
 def check_push(repo_id: str, token: str | None = None) -> None:
-    """What can be known before a long merge: the repo name is valid and a token is there."""
-    from huggingface_hub import get_token
+    """What can be known before a long merge: the repo name is valid, the client is not offline, a token is there."""
+    from huggingface_hub import constants, get_token
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -39,6 +46,8 @@ def check_push(repo_id: str, token: str | None = None) -> None:
         valid = False
     if not valid:
         raise ConfigError(f"'{repo_id}' is not a valid Hub repo name: use 'user/name' (letters, digits, -, _, .)")
+    if constants.HF_HUB_OFFLINE:
+        raise PushError(OFFLINE.format(repo=repo_id))
     if not (token or get_token()):
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again")
 
@@ -56,7 +65,11 @@ def push(folder: Path, repo_id: str, *, private: bool, revision: str | None, mes
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        if size > LARGE_UPLOAD_BYTES and hasattr(api, "upload_large_folder"):  # huggingface_hub 2.x: upload_folder
+        large = size > LARGE_UPLOAD_BYTES and hasattr(api, "upload_large_folder")  # huggingface_hub 2.x: upload_folder
+        if large and message:
+            log.warning("--commit-message given: uploading in one commit (upload_folder), since the resumable "
+                        "upload_large_folder takes no commit message; leave the message out for a resumable upload")  # fmt: skip
+        if large and not message:
             api.upload_large_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
                                     private=private)  # fmt: skip
         else:
