@@ -5,17 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
-step "1/5 installing (scripts/setup.sh)"
+step "1/6 installing (scripts/setup.sh)"
 bash scripts/setup.sh
 . .venv/bin/activate
-step "2/5 the real base and experts (first run: about 5 minutes on 2 cores; then cached)"
+step "2/6 the real base and experts (first run: about 5 minutes on 2 cores; then cached)"
 python -m moemerge.real --link demo/models
-step "3/5 merging: moemerge examples/configs/demo.yaml demo/out"
+step "3/6 merging: moemerge examples/configs/demo.yaml demo/out"
 moemerge examples/configs/demo.yaml demo/out --overwrite
-step "4/5 routing of each domain's held-out prompts: moemerge route"
+step "4/6 routing of each domain's held-out prompts: moemerge route"
 moemerge route demo/out --prompts demo/models/data/held_out_prompts.yaml
-step "4/5 held-out loss of the base, each expert and the MoE: moemerge eval --compare"
+step "5/6 held-out loss of the base, each expert and the MoE: moemerge eval --compare"
 moemerge eval demo/out --compare --max-tokens 2048 \
   --data code=demo/models/data/code.txt --data math=demo/models/data/math.txt --data prose=demo/models/data/prose.txt
-step "5/5 the MoE's greedy chat answers, with the routing and eval tables (python examples/show.py demo/out)"
+step "6/6 the MoE's greedy chat answers, with the routing and eval tables (python examples/show.py demo/out)"
 python examples/show.py demo/out
