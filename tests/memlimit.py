@@ -55,13 +55,17 @@ def limited(limit: int):
                 (group / "memory.swap.max").write_text("0")
         procs = group / "cgroup.procs"
 
-        def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        def raw(command: list[str], timeout: float = 3600) -> subprocess.CompletedProcess:
             def join() -> None:
                 procs.write_text(str(os.getpid()))
 
-            return subprocess.run([sys.executable, "-m", "moemerge", *args], capture_output=True, text=True,
-                                  timeout=timeout, preexec_fn=join, check=False)  # fmt: skip
+            return subprocess.run(command, capture_output=True, text=True, timeout=timeout, preexec_fn=join,
+                                  check=False)  # fmt: skip
 
+        def run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+            return raw([sys.executable, "-m", "moemerge", *args], timeout)
+
+        run.raw = raw
         yield run
     finally:
         for _ in range(50):

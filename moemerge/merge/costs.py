@@ -196,7 +196,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  " + {
             "memory": "it fits: the model is loaded in memory",
             "offload": f"it does not fit: {_size(h['budget_bytes'])} of weights stay in memory, the rest is read from "
-                       "disk as each layer runs (same routers, slower)",
+                       "disk as each layer runs (same routers, slower)" if where == "RAM" else
+                       f"it does not fit: {_size(h['budget_bytes'])} of weights on the GPU, the rest in CPU memory "
+                       "and on disk (same routers, slower)",
             "refuse": f"it cannot run here: even offloaded it needs {_size(h['smallest_bytes'])}; the merge will "
                       "stop before loading",
         }[h["path"]])  # fmt: skip
