@@ -43,7 +43,7 @@ def test_only_router_bytes_change(task, tmp_path, ok):
     before = tunekit.state(out)
     assert sum(name.endswith(".safetensors") for name in before) > 2  # routers in several shards
     ok("tune", str(out), *_data(data), *FAST)
-    ok("tune", str(out), *_data(data), *FAST, "--seed", "1")  # a second run replaces the record
+    ok("tune", str(out), *_data(data), *FAST, "--seed", "1")  # a second run, recorded after the first
     after = tunekit.state(out)
     spans = {}
     for name, info in locate(out, list(tunekit.routers(out))).items():
@@ -61,13 +61,16 @@ def test_only_router_bytes_change(task, tmp_path, ok):
     assert changed == {"moemerge.yml", "README.md"} and set(after) - set(before) == {"tune.json"}
     record = json.loads(after["tune.json"])
     assert record["seed"] == 1 and record["steps"] == 4 and record["train_top_k"] == 2
+    assert [r["seed"] for r in record["earlier_runs"]] == [0]
     assert [d["name"] for d in record["data"]] == ["a", "b"] and all(len(d["sha256"]) == 64 for d in record["data"])
     config = load_config(out / "moemerge.yml")  # still a valid config, now with the training that reruns this
-    assert config.router_training.data == {"a": str(data["a"].resolve()), "b": str(data["b"].resolve())}
+    assert [run.seed for run in config.router_training] == [0, 1]
+    assert config.router_training[1].data == {"a": str(data["a"].resolve()), "b": str(data["b"].resolve())}
     text = after["moemerge.yml"].decode()
-    assert text.count("# Router training run") == 1 and f"#   sha256: {record['data'][0]['sha256']}" in text
+    assert text.count("# Router training run") == 2 and f"#   sha256: {record['data'][0]['sha256']}" in text
     card = after["README.md"].decode()
     assert card.count("## Router training") == 1 and "Only its routers were trained after merging" in card
+    assert card.count("### Run ") == 2
     ok("verify", str(out))
 
 
@@ -95,6 +98,37 @@ def _routing(out, data) -> tuple[dict[str, float], dict[str, list[float]]]:
         loss[domain] = result.loss.item()
         hits[domain] = [(layer.argmax(-1) == expert).float().mean().item() for layer in result.router_logits]
     return loss, hits
+
+
+def test_a_chain_of_runs_is_recorded_and_replayed(task, tmp_path, ok, cli):
+    """Two tunes (on a and b, then longer on a): moemerge.yml lists both runs in order, and rerunning it gives the
+    same routers; the reports made before the training are marked stale, and tune says so."""
+    moe, data = task
+    out = tunekit.copy(moe, tmp_path / "out")
+    (out / "routing.json").write_text(json.dumps({"experts_per_token": 1, "experts": ["a", "b"], "layers": 2,
+                                                  "prompt_sets": [{"name": "a", "share": [0.5, 0.5]}]}))  # fmt: skip
+    from moemerge.publish import card
+
+    assert card.update_card(out, "routing", card.routing_section(json.loads((out / "routing.json").read_text())))
+    ok("tune", str(out), *_data(data), *FAST)
+    code, _, err = cli("tune", str(out), "--data", f"a={data['a']}", "--steps", "6", "--seq-len", "32",
+                       "--batch-tokens", "128", "--seed", "3")  # fmt: skip
+    assert code == 0, err
+    assert "routing.json, routing.png and the card's routing section describe the routers before" in err
+    assert "rerun `moemerge route OUT`" in err
+    text = (out / "moemerge.yml").read_text()
+    assert "The routers come from 2 training runs" in text
+    runs = load_config(out / "moemerge.yml").router_training
+    assert [(r.steps, r.seed, sorted(r.data)) for r in runs] == [(4, 0, ["a", "b"]), (6, 3, ["a"])]
+    report = json.loads((out / "routing.json").read_text())
+    assert report["stale"] is True and "moemerge route OUT" in report["stale_reason"]
+    readme = (out / "README.md").read_text()
+    routing = readme.split("<!-- moemerge:routing -->")[1]
+    assert "**Out of date:** these figures predate the router training" in routing
+    ok(str(out / "moemerge.yml"), str(tmp_path / "again"), "--quiet")
+    replayed, tuned = tunekit.routers(tmp_path / "again"), tunekit.routers(out)
+    assert all(torch.equal(replayed[k], tuned[k]) for k in tuned)
+    assert json.loads((tmp_path / "again" / "tune.json").read_text())["earlier_runs"][0]["steps"] == 4
 
 
 def test_a_known_routing_is_learned(task, tmp_path, ok):
@@ -156,7 +190,8 @@ def test_router_training_in_the_config(task, tmp_path, ok, cli):
     record = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert record["steps"] == 3 and record["seed"] == 0 and set(record["held_out_loss_after"]) == {"a", "b"}
     assert "## Router training" in (tmp_path / "out" / "README.md").read_text()
-    assert load_config(tmp_path / "out" / "moemerge.yml").router_training.steps == 3
+    assert load_config(tmp_path / "out" / "moemerge.yml").router_training[0].steps == 3
+    assert "router_training:\n  data:" in (tmp_path / "out" / "moemerge.yml").read_text()  # one run: a mapping
     spec["router_training"] = {"data": str(tmp_path / "nope.txt"), "step": 3}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     code, _, err = cli(str(tmp_path / "bad.yaml"), str(tmp_path / "bad"))

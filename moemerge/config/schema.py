@@ -82,7 +82,8 @@ class MergeConfig(_Strict):
     shared_experts: list[ExpertConfig] | None = None
     architecture: str | None = None
     seed: int | None = None
-    router_training: RouterTrainingConfig | None = None
+    # one run, or runs in order (what several `moemerge tune` runs did, replayed one after the other)
+    router_training: list[RouterTrainingConfig] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -91,6 +92,11 @@ class MergeConfig(_Strict):
         if isinstance(data, dict) and "experts_per_token" not in data and isinstance(data.get("experts"), list):
             return {**data, "experts_per_token": min(2, max(1, len(data["experts"])))}
         return data
+
+    @field_validator("router_training", mode="before")
+    @classmethod
+    def _runs(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("dtype")
     @classmethod
@@ -149,11 +155,18 @@ def _validate(data: Any, *, source: str) -> tuple[MergeConfig | None, list[str]]
         return None, [f"{source}: the config is {kind}; it needs at least base_model and experts"]
     data = spellings.from_mergekit(data, top=list(MergeConfig.model_fields), expert=list(ExpertConfig.model_fields),
                                    source=source)  # fmt: skip
+    if isinstance(data.get("router_training"), dict):  # one run: its problems say `router_training`, not `[0]`
+        data["router_training"] = [data["router_training"]]
+        single = True
+    else:
+        single = False
     try:
         return MergeConfig.model_validate(data), []
     except ValidationError as exc:
         errors = exc.errors()
     problems = [f"{source}: {_describe(err)}" for err in errors]
+    if single:
+        problems = [p.replace("router_training[0]", "router_training") for p in problems]
     try:
         return MergeConfig.model_validate(_without(data, errors)), problems
     except (ValidationError, KeyError, IndexError, TypeError, ValueError):
@@ -235,7 +248,12 @@ def read_config(path: str | Path) -> tuple[MergeConfig | None, list[str]]:
 
 def _resolve_training_data(data: dict[str, Any], *, base_dir: Path) -> dict[str, Any]:
     """`router_training.data` paths relative to the config become absolute (moemerge.yml reruns from anywhere)."""
-    section = data.get("router_training")
+    runs = data.get("router_training")
+    if isinstance(runs, list):
+        resolved = [_resolve_training_data({"router_training": run}, base_dir=base_dir)["router_training"]
+                    for run in runs]  # fmt: skip
+        return {**data, "router_training": resolved}
+    section = runs
     files = section.get("data") if isinstance(section, dict) else None
 
     def where(file: Any) -> Any:
@@ -307,6 +325,8 @@ def dump_config(config: MergeConfig, *, locate: Callable[[str], str] = str, **re
         return "+".join(locate(part) for part in ref.split("+"))
 
     data = config.model_copy(update=resolved).model_dump(exclude_none=True)
+    if len(data.get("router_training") or []) == 1:
+        data["router_training"] = data["router_training"][0]  # one run: written as the mapping it was given as
     data["base_model"] = relocated(data["base_model"])
     for group in ("experts", "shared_experts"):
         for entry in data.get(group) or []:

@@ -99,8 +99,9 @@ def prepare(config_path: Path, out: Path | None, options: MergeOptions) -> Prepa
     arch, reasons = choose_architecture(requested, base.config, set(base.tensors), num_shared=len(shared))
     if arch is None:
         problems.append("no output architecture fits these models: " + "; ".join(reasons))
-    if config.router_training is not None:
-        problems += run.check_section(config.router_training, arch.model_type if arch else None, len(config.experts))
+    for i, section in enumerate(config.router_training or []):
+        where = "router_training" if len(config.router_training) == 1 else f"router_training[{i}]"
+        problems += run.check_section(section, arch.model_type if arch else None, len(config.experts), where=where)
     if problems:
         raise problems_error(error, problems)
     for warning in arch.warnings:

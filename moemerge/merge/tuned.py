@@ -1,6 +1,6 @@
 """Trained routers into a checkpoint: `tune` trains a folder's routers (training.run) and writes them with the
 record of the run, crash-safely into a finished OUT or in place into a merge's temp folder; `tune_merge` does it for
-a config's `router_training:` section before the merge is moved into place."""
+a config's `router_training:` runs before the merge is moved into place."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from moemerge.forward.loading import LoadOptions
 from moemerge.merge import rewrite
 from moemerge.training.loop import OnStep, TuneSettings
-from moemerge.training.record import EDITED, write_record
+from moemerge.training.record import EDITED, history, write_record
 from moemerge.training.run import section_files, section_settings, train_folder
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,14 @@ def tune(out: Path, files: dict[str, Path], settings: TuneSettings, load: LoadOp
     return trained.record if trained.writer else None
 
 
-def tune_merge(folder: Path, section, *, seed: int, load: LoadOptions, tokenizer_from: Path,
-               progress: Callable[[str, int, int], None]) -> dict[str, Any]:  # fmt: skip
-    """Train the routers of a merge's temp folder (before it is moved into place), as `router_training:` says."""
-    settings = section_settings(section, seed)
-    log.info("training the routers (%d steps)", settings.steps)
-    return tune(folder, section_files(section), settings, load, in_place=True, tokenizer_from=tokenizer_from,
-                on_step=lambda step, steps, loss, speed: progress("training", step, steps))  # fmt: skip
+def tune_merge(folder: Path, sections: list, *, seed: int, load: LoadOptions, tokenizer_from: Path,
+               progress: Callable[[str, int, int], None]) -> list[dict[str, Any]]:  # fmt: skip
+    """Train the routers of a merge's temp folder (before it is moved into place) as each `router_training:` run
+    says, in order; returns the record of every run."""
+    for i, section in enumerate(sections, 1):
+        settings = section_settings(section, seed)
+        of = f" (run {i} of {len(sections)})" if len(sections) > 1 else ""
+        log.info("training the routers (%d steps)%s", settings.steps, of)
+        tune(folder, section_files(section), settings, load, in_place=True, tokenizer_from=tokenizer_from,
+             on_step=lambda step, steps, loss, speed: progress("training", step, steps))  # fmt: skip
+    return history(folder)

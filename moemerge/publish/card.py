@@ -87,6 +87,14 @@ def _escape(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _stale(report: dict[str, Any]) -> str:
+    """The warning a report's section opens with once the routers it measured have been trained (`stale` is set by
+    moemerge tune; the verb that wrote the report rewrites it without)."""
+    if not report.get("stale"):
+        return ""
+    return f"**Out of date:** {report.get('stale_reason', 'made before the routers were trained')}.\n\n"
+
+
 def routing_section(report: dict[str, Any] | None) -> str:
     """The routing report as a card section: shares per prompt set and expert, and each set's own-expert hit rate."""
     if not report:
@@ -97,8 +105,8 @@ def routing_section(report: dict[str, Any] | None) -> str:
     rows = [f"| {_escape(s['name'])} | " + " | ".join(f"{v:.1%}" for v in s["share"])
             + f" | {'-' if s.get('hit_rate') is None else format(s['hit_rate'], '.1%')} |"
             for s in report["prompt_sets"]]  # fmt: skip
-    body = (f"\n## Routing\n\nShare of each prompt set's top-{k} expert picks, averaged over {report['layers']} layers "
-            f"(from `moemerge route`; `routing.json` has the per-layer figures). Own-expert hit: the share of a set's "
+    body = (f"\n## Routing\n\n{_stale(report)}Share of each prompt set's top-{k} expert picks, averaged over "
+            f"{report['layers']} layers (from `moemerge route`; `routing.json` has the per-layer figures). Own-expert hit: the share of a set's "
             f"tokens whose top-{k} picks include the expert the set belongs to.\n\n"
             + "\n".join([head, rule, *rows]) + "\n\n![routing heatmap](routing.png)\n")  # fmt: skip
     return SECTION.format(name="routing", body=body)
@@ -117,8 +125,8 @@ def eval_section(result: dict[str, Any]) -> str:
             cell = f"{d['loss'][n]:.3f} ({'inf' if ppl is None else format(ppl, '.2f')})"
             cells.append(f"**{cell}**" if d["best"] == n and len(names) > 1 else cell)
         rows.append(f"| {_escape(d['name'])} | {d['tokens']:,} | " + " | ".join(cells) + " |")
-    body = (f"\n## Evaluation\n\nMean next-token loss (perplexity) per dataset, from `moemerge eval` (windows of "
-            f"{result['window']} tokens, this model's tokenizer for all; lower is better"
+    body = (f"\n## Evaluation\n\n{_stale(result)}Mean next-token loss (perplexity) per dataset, from `moemerge eval` "
+            f"(windows of {result['window']} tokens, this model's tokenizer for all; lower is better"
             + (", best in bold" if len(names) > 1 else "") + "; `eval.json` has the figures).\n\n"
             + "\n".join([head, rule, *rows]) + "\n\n![eval chart](eval.png)\n")  # fmt: skip
     return SECTION.format(name="eval", body=body)

@@ -151,12 +151,12 @@ def config_experts(config: dict[str, Any], arch) -> int:
     return int(arch.shape_of(config).num_experts)
 
 
-def section_files(section) -> dict[str, Path]:
+def section_files(section, where: str = "router_training") -> dict[str, Path]:
     """A config's `router_training.data` (one file, a list, or name -> file) as name -> path."""
     data = section.data
     if isinstance(data, dict):
         return {name: Path(file) for name, file in data.items()}
-    return textdata.parse_specs([data] if isinstance(data, str) else list(data), where="router_training.data")
+    return textdata.parse_specs([data] if isinstance(data, str) else list(data), where=f"{where}.data")
 
 
 def section_settings(section, seed: int) -> TuneSettings:
@@ -164,14 +164,15 @@ def section_settings(section, seed: int) -> TuneSettings:
     return TuneSettings(**{"seed": seed, **given})
 
 
-def check_section(section, model_type: str | None, experts: int | None = None) -> list[str]:
-    """A config's `router_training:` problems, found before any weight is read."""
+def check_section(section, model_type: str | None, experts: int | None = None, *,
+                  where: str = "router_training") -> list[str]:  # fmt: skip
+    """A config's `router_training:` run's problems (`where` names it), found before any weight is read."""
     try:
-        files = section_files(section)
+        files = section_files(section, where)
     except ConfigError as exc:
         return exc.problems
     settings = section_settings(section, 0)
     problems = check_settings(settings, files=len(files), experts=experts) + textdata.check(files)
     if model_type is not None and model_type not in TRAINABLE:
-        problems.append(f"router_training: the output is {model_type}; tune trains {', '.join(TRAINABLE)} models")
-    return [p if p.startswith("router_training") else f"router_training: {p}" for p in problems]
+        problems.append(f"the output is {model_type}; tune trains {', '.join(TRAINABLE)} models")
+    return [p if p.startswith(where) else f"{where}: {p}" for p in problems]
