@@ -15,7 +15,7 @@ from moemerge.config.schema import MAX_PROMPT_FILE_BYTES, load_config, read_text
 from moemerge.errors import ConfigError, MergeFailedError, OutputError, problems_error
 from moemerge.forward.batching import chunks, left_padded, peak_tokens
 from moemerge.forward.eval_models import Compared, compared_models, short, with_adapter
-from moemerge.forward.fit import activation_bytes
+from moemerge.forward.fit import activation_bytes, pass_tokens
 from moemerge.forward.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
 from moemerge.forward.windows import cut, prefix, token_ids
 from moemerge.publish import card, charts
@@ -105,7 +105,8 @@ def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int
 
     totals = [[0.0, 0] for _ in range(sets)]
     done, total = 0, sum(len(ids) for _, ids in items)
-    peak = activation_bytes(model_ref.folder, peak_tokens(items, EVAL_TOKENS), logits=True)
+    per_pass = pass_tokens(model_ref.folder, load, EVAL_TOKENS, logits=True)
+    peak = activation_bytes(model_ref.folder, peak_tokens(items, per_pass), logits=True)
     with (
         loaded_model(
             model_ref.folder, load, causal_lm=True, what=f"scoring {model_ref.name}", activations=peak
@@ -117,7 +118,7 @@ def _score(model_ref: Compared, items, sets: int, load: LoadOptions, pad_id: int
         if max(max(ids) for _, ids in items) >= vocab:
             raise ConfigError(f"{model_ref.ref}: its vocabulary ({vocab} tokens) is smaller than OUT's tokenizer; "
                               "it cannot be scored on the same tokens")  # fmt: skip
-        for chunk in chunks(items, EVAL_TOKENS):
+        for chunk in chunks(items, per_pass):
             inputs = left_padded(chunk, pad_id, input_device(model))
             logits = model(**inputs, use_cache=False).logits  # (rows, width, vocab)
             ids, real = inputs["input_ids"].to(logits.device), inputs["attention_mask"].to(logits.device).bool()

@@ -14,6 +14,7 @@ from moemerge.forward.room import Room, cpu_room, gpu_room
 log = logging.getLogger(__name__)
 RUNTIME_BYTES = 64 * 2**20  # what loading holds beside the weights (one tensor read at a time; imports are already in)
 MARGIN = 1.10  # weights as loaded take a little more than their bytes (buffers, the allocator's slack)
+ACTIVATION_SHARE = 0.15  # of the room, for one pass's activations when memory is tight
 USABLE = 0.75  # share of the room a load plans to fill (measured: past ~85 % a 500 MB cgroup killed the process)
 BYTES_PER_PARAM = {"4bit": 0.56, "8bit": 1.06}  # bitsandbytes weights plus their scales
 
@@ -167,3 +168,16 @@ def activation_bytes(folder: Path, tokens: int, *, logits: bool, training: bool 
     if logits:
         per_token += 4 * vocab * (3 if training else 2)
     return tokens * per_token
+
+
+def pass_tokens(folder: Path, options, tokens: int, *, logits: bool, states: bool = False) -> int:
+    """Tokens per forward pass: `tokens`, or fewer when their activations would take more than ACTIVATION_SHARE of
+    the room (then the weights keep the rest, and smaller passes give the same results)."""
+    if options.max_memory:
+        return tokens
+    if options.device.startswith("cuda"):
+        free = gpu_room(int(options.device.partition(":")[2] or 0)).bytes
+    else:
+        free = cpu_room().bytes
+    per_token = max(1, activation_bytes(folder, 1, logits=logits, states=states))
+    return max(64, min(tokens, int(free * ACTIVATION_SHARE) // per_token))

@@ -12,7 +12,7 @@ import yaml
 from moemerge.config.schema import MAX_CONFIG_BYTES, MergeConfig, load_config, read_prompt_file, read_text_file
 from moemerge.errors import ConfigError, MergeFailedError
 from moemerge.forward.batching import chunks, left_padded, peak_tokens
-from moemerge.forward.fit import activation_bytes
+from moemerge.forward.fit import activation_bytes, pass_tokens
 from moemerge.forward.loading import LoadOptions, free_memory, input_device, load_tokenizer, loaded_model
 from moemerge.publish import card, charts
 
@@ -88,13 +88,14 @@ def measure(model_dir: Path, prompt_sets: dict[str, list[str]], load: LoadOption
     items = [(s, ids) for s, name in enumerate(names) for p in prompt_sets[name]
              if (ids := tokenizer(bos + p, add_special_tokens=False)["input_ids"])]  # fmt: skip
     counts: dict[int, Any] = {}
-    peak = activation_bytes(model_dir, peak_tokens(items, ROUTE_TOKENS), logits=True)
+    per_pass = pass_tokens(model_dir, load, ROUTE_TOKENS, logits=True)
+    peak = activation_bytes(model_dir, peak_tokens(items, per_pass), logits=True)
     with (
         loaded_model(model_dir, load, causal_lm=True, what="the routing pass", activations=peak) as model,
         torch.inference_mode(),
     ):
         top_k = int(getattr(model.config, "num_experts_per_tok", 1) or 1)
-        for chunk in chunks(items, ROUTE_TOKENS):
+        for chunk in chunks(items, per_pass):
             inputs = left_padded(chunk, tokenizer.pad_token_id or 0, input_device(model))
             logits = getattr(model(**inputs, output_router_logits=True, use_cache=False), "router_logits", None)
             if not logits:

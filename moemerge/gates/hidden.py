@@ -10,7 +10,7 @@ import logging
 
 from moemerge.errors import ConfigError, IncompatibleModelsError
 from moemerge.forward.batching import chunks, left_padded, peak_tokens
-from moemerge.forward.fit import activation_bytes
+from moemerge.forward.fit import activation_bytes, pass_tokens
 from moemerge.forward.loading import free_memory, input_device, loaded_model
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
     sums = torch.zeros(2 * len(context.experts), layers, hidden, dtype=torch.float64)
     counts = torch.zeros(2 * len(context.experts), dtype=torch.float64)
     max_tokens = max(1, HIDDEN_BUDGET_BYTES // ((layers + 1) * hidden * 4))
+    max_tokens = pass_tokens(context.base.path, context.load, max_tokens, logits=False, states=True)
     pad_id = context.tokenizer.pad_token_id or 0
     done = 0
     peak = activation_bytes(context.base.path, peak_tokens(items, max_tokens), logits=False, states=True)

@@ -11,7 +11,7 @@ import re
 
 from moemerge.errors import IncompatibleModelsError
 from moemerge.forward.batching import chunks, left_padded, peak_tokens
-from moemerge.forward.fit import activation_bytes
+from moemerge.forward.fit import activation_bytes, pass_tokens
 from moemerge.forward.loading import free_memory, input_device, loaded_model
 from moemerge.gates.hidden import _row
 
@@ -57,7 +57,7 @@ def _collect(context, items: list[tuple[int, list[int]]], *, average: bool):
     layers, hidden = context.num_layers, context.hidden_size
     sums = torch.zeros(2 * len(context.experts), layers, hidden, dtype=torch.float64)
     counts = torch.zeros(2 * len(context.experts), dtype=torch.float64)
-    max_tokens = PASS_TOKENS
+    max_tokens = pass_tokens(context.base.path, context.load, PASS_TOKENS, logits=False)
     pad_id = context.tokenizer.pad_token_id or 0
     rows: list = [None] * layers
     weights = None  # (B, S, 1) real-token mask of the chunk being run
