@@ -5,6 +5,8 @@ import sys
 
 import nbformat as nbf
 
+from moemerge import __version__  # the release the install cell asks PyPI for
+
 nb = nbf.v4.new_notebook()
 cells = []
 cells.append(
@@ -14,27 +16,58 @@ Merge a base model and fine-tunes of the same family (Llama, Mistral, Qwen2/2.5,
 checkpoint (Mixtral, Qwen2-MoE, Qwen3-MoE or DeepSeek-MoE layout), see which experts its routers pick, and publish it
 to the Hugging Face Hub with a model card.
 
-1. Run the install cell.
-2. Edit the form: the config (mergekit-moe configs work unchanged) and the model name.
+1. Run the install cell. Until moemerge has a release on PyPI, first upload its wheel (`python -m build` in a
+   checkout makes `dist/moemerge-<version>-py3-none-any.whl`) to the Files pane on the left, or set `MOEMERGE_GIT`
+   to the repository's git URL; once released, the cell installs it from PyPI.
+2. Edit the config cell (mergekit-moe configs work unchanged), or upload a config file and name it in the form;
+   set the model name in the form.
 3. Run the rest. On a GPU runtime the hidden-state pass runs on the GPU (in 4-bit on small GPUs); on CPU it runs in
    float32. To push, add your Hugging Face token as a Colab secret named `HF_TOKEN` (key icon on the left) and tick
    `PUSH`.""")
 )
-cells.append(
-    nbf.v4.new_code_cell("""# Install moemerge (skipped when it is already installed)
+INSTALL = """# Install moemerge (skipped when it is already installed), from the first of:
+# 1. a wheel uploaded to the Files pane (moemerge-*.whl): the way before moemerge's first release on PyPI;
+# 2. the release MOEMERGE_VERSION on PyPI;
+# 3. the git repository MOEMERGE_GIT (e.g. git+https://github.com/OWNER/moemerge), when it is set.
+import glob
 import importlib.util
 import subprocess
 import sys
 
-MOEMERGE_SOURCE = "moemerge[quant]"  # @param {type:"string"} (a pip requirement: a version, a wheel or a git URL)
+MOEMERGE_VERSION = "@VERSION@"  # @param {type:"string"}
+MOEMERGE_GIT = ""  # @param {type:"string"}
+
+
+def pip_install(requirement, quiet=False):
+    command = [sys.executable, "-m", "pip", "install", "-q", requirement]
+    return subprocess.run(command, capture_output=quiet, check=False).returncode == 0
+
+
 if importlib.util.find_spec("moemerge") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", MOEMERGE_SOURCE], check=True)
+    wheels = sorted(set(glob.glob("moemerge-*.whl") + glob.glob("/content/moemerge-*.whl")))
+    if wheels:
+        source, ok = f"the uploaded wheel {wheels[-1]}", pip_install(f"{wheels[-1]}[quant]")
+    elif pip_install(f"moemerge[quant]=={MOEMERGE_VERSION}", quiet=True):
+        source, ok = f"PyPI (moemerge {MOEMERGE_VERSION})", True
+    elif MOEMERGE_GIT:
+        source, ok = MOEMERGE_GIT, pip_install(f"moemerge[quant] @ {MOEMERGE_GIT}")
+    else:
+        raise RuntimeError(
+            f"moemerge {MOEMERGE_VERSION} is not on PyPI (yet): upload its wheel (moemerge-*.whl) to the Files pane, "
+            "or set MOEMERGE_GIT to the repository's git URL, then run this cell again"
+        )
+    if not ok:
+        raise RuntimeError(f"pip could not install moemerge from {source}: see its message above")
+    print("installed moemerge from", source)
 import moemerge
 
-print("moemerge", moemerge.__version__)""")
-)
-form = nbf.v4.new_code_cell('''# @title Config and model name { display-mode: "form" }
-CONFIG_YAML = """
+print("moemerge", moemerge.__version__)"""
+install = nbf.v4.new_code_cell(INSTALL.replace("@VERSION@", __version__))
+install.metadata["tags"] = ["install"]
+cells.append(install)
+# Colab form fields are single-line assignments (a multi-line string shows as no field at all), so the config is a
+# cell of its own, written to a file; the form names that file (tests/test_notebook.py checks both)
+config = nbf.v4.new_code_cell('''%%writefile config.yaml
 base_model: Qwen/Qwen2.5-0.5B
 gate_mode: hidden
 dtype: bfloat16
@@ -47,12 +80,15 @@ experts:
   - source_model: Qwen/Qwen2.5-Coder-0.5B-Instruct
     positive_prompts:
       - "Write a Python function that reverses a linked list."
-      - "Fix the bug in this JavaScript code:"
-"""  # @param {type:"raw"}
+      - "Fix the bug in this JavaScript code:"''')
+config.metadata["tags"] = ["config"]
+cells.append(config)
+form = nbf.v4.new_code_cell("""# @title Config file and model name { display-mode: "form" }
+CONFIG_FILE = "config.yaml"  # @param {type:"string"}
 MODEL_NAME = "Qwen2.5-2x0.5B-MoE"  # @param {type:"string"}
 HF_USERNAME = "your-name"  # @param {type:"string"}
 PUSH = False  # @param {type:"boolean"}
-PRIVATE = True  # @param {type:"boolean"}''')
+PRIVATE = True  # @param {type:"boolean"}""")
 form.metadata["tags"] = ["parameters"]
 cells.append(form)
 cells.append(
@@ -61,7 +97,6 @@ from pathlib import Path
 
 import torch
 
-Path("config.yaml").write_text(CONFIG_YAML)
 device = []  # CPU runtime: float32 hidden-state pass
 if torch.cuda.is_available():
     device = ["--device", "cuda"]
@@ -79,8 +114,8 @@ def moemerge_cli(*args):
         raise RuntimeError(f"moemerge exited with {result.returncode}: see the message above")
 
 
-moemerge_cli("plan", "config.yaml", *device)
-moemerge_cli("config.yaml", MODEL_NAME, *device, "--routing-report", "--overwrite")""")
+moemerge_cli("plan", CONFIG_FILE, *device)
+moemerge_cli(CONFIG_FILE, MODEL_NAME, *device, "--routing-report", "--overwrite")""")
 )
 cells.append(
     nbf.v4.new_code_cell("""# Routing report: which experts the merged model's routers pick for each expert's prompts
