@@ -178,8 +178,10 @@ def test_hub_download_fetches_only_needed_files(hub_models, tmp_path):
 def test_offline_without_cache_is_one_clear_line(hub_models, tmp_path):
     _, config = hub_models
     result = run([config, tmp_path / "out"], home=tmp_path / "empty-cache", offline=True)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "org/base" in result.stderr and "cache" in result.stderr and "offline" in result.stderr
+    lines = result.stderr.splitlines()  # one line per model, each found in the same run
+    assert result.returncode == 2 and len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
+    assert "base_model: model 'org/base'" in lines[0] and "experts[0]: model 'org/expert@v1'" in lines[1]
+    assert all("cache" in line and "offline" in line for line in lines)
     assert not (tmp_path / "out").exists()
 
 
