@@ -154,7 +154,9 @@ def test_a_known_routing_is_learned(task, tmp_path, ok):
         (["--data", "short.txt"], "fewer than two windows of 128"),
         (["--data", "folder"], "folder: the training data file is not a regular file"),
         (["--data", "x=a.txt", "--data", "x=b.txt"], "the name 'x' is given twice"),
-        (["--data", "a.txt", "--steps", "0"], "--steps 0: train for at least one step"),
+        (["--data", "a.txt", "--steps", "0"], "--steps 0 with one data file (the fit needs a file per domain)"),
+        (["--data", "a.txt", "--steps", "-1"], "--steps -1: give 0 (the fit alone) or more"),
+        (["--data", "a.txt", "--data", "b.txt", "--fit", "none", "--steps", "0"], "--steps 0 with --fit none"),
         (["--data", "a.txt", "--lr", "-1"], "the learning rate must be positive"),
         (["--data", "a.txt", "--batch-tokens", "64"], "--batch-tokens 64: at least one window"),
         (["--data", "a.txt", "--aux-loss-coef", "-0.5"], "must be 0 or more"),
@@ -169,7 +171,8 @@ def test_bad_inputs_change_nothing(task, tmp_path, monkeypatch, cli, args, messa
     (data["a"].parent / "short.txt").write_text("a1 a2 a3")
     (data["a"].parent / "folder").mkdir(exist_ok=True)
     before = tunekit.state(out)
-    code, _, err = cli("tune", str(out), *args)
+    one_file = args.count("--data") == 1 and "--steps" not in args  # a single file needs gradient steps
+    code, _, err = cli("tune", str(out), *args, *(["--steps", "1"] if one_file else []))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert tunekit.state(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -221,3 +224,22 @@ def test_offloaded_model_trains_like_one_in_memory(task, tmp_path, ok):
     ok("tune", str(disk), *_data(data), *FAST, "--device", "auto", "--max-memory", "200KB")
     one, two = tunekit.routers(ram), tunekit.routers(disk)
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def test_the_fit_alone_learns_a_known_routing(task, tmp_path, ok):
+    """tune's defaults (the closed-form fit, no gradient step): each file is matched to the expert that fits it best
+    and the routers send each word set to its expert."""
+    moe, data = task
+    out = tunekit.copy(moe, tmp_path / "out")
+    loss_before, _ = _routing(out, data)
+    ok("tune", str(out), "--data", f"b={data['b']}", "--data", f"a={data['a']}", "--seq-len", "32")  # b first
+    loss_after, hits = _routing(out, data)
+    record = json.loads((out / "tune.json").read_text())
+    assert record["steps"] == 0 and record["fitted"]["mapping"] == {"b": 1, "a": 0}
+    for domain in "ab":
+        assert record["held_out_loss_after"][domain] < record["held_out_loss_before"][domain] - 0.4
+        assert loss_after[domain] < 0.6 * loss_before[domain]
+        assert min(hits[domain]) > 0.9, hits
+    assert "A closed-form fit first" in (out / "README.md").read_text()
+    sections = load_config(out / "moemerge.yml").router_training
+    assert [section.fit for section in sections] == ["ridge"]

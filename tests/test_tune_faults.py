@@ -145,12 +145,12 @@ def test_train_top_k_beyond_the_experts_is_refused_before_loading(task, tmp_path
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("moemerge.training.run.loaded_model", no_loading)
-    code, _, err = cli("tune", str(out), "--data", str(data["a"]), "--train-top-k", "5")
+    code, _, err = cli("tune", str(out), "--data", str(data["a"]), "--train-top-k", "5", "--steps", "1")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "--train-top-k 5: the model has only 2 experts" in lines[0], lines
     assert tunekit.state(out) == before
     spec = yaml.safe_load((moe.parent / "config.yaml").read_text())
-    spec["router_training"] = {"data": str(data["a"]), "train_top_k": 3}
+    spec["router_training"] = {"data": str(data["a"]), "train_top_k": 3, "steps": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec))
     code, _, err = cli(str(tmp_path / "c.yaml"), str(tmp_path / "merged"))
     assert code == 2 and "router_training: --train-top-k 3: the model has only 2 experts" in err

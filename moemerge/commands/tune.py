@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 def tune(
     out: Annotated[Path, typer.Argument(help="A folder written by moemerge (Mixtral, Qwen2-MoE or Qwen3-MoE).")],
     data: Annotated[list[str], typer.Option("--data", metavar="[NAME=]FILE", help="UTF-8 text to train on; repeat for several (e.g. one per expert). The last windows of each file are held out.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = TuneDefaults.steps,
+    fit: Annotated[str, typer.Option(help="ridge: fit the routers in closed form first (ridge regression of each layer's MLP input on which file each token came from; needs a file per domain); none: gradient steps only.")] = TuneDefaults.fit,
+    steps: Annotated[int, typer.Option(help="Gradient steps after the fit (0: the fit alone, the measured best for top-1 models).")] = TuneDefaults.steps,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TuneDefaults.lr,
     batch_tokens: Annotated[int, typer.Option(help="Tokens per step, over all processes.")] = TuneDefaults.batch_tokens,
     seq_len: Annotated[int, typer.Option(help="Tokens per training window.")] = TuneDefaults.seq_len,
@@ -39,7 +40,7 @@ def tune(
 
     if not out.is_dir():
         raise ConfigError(f"{out}: no such folder")
-    settings = TuneSettings(steps, lr, batch_tokens, seq_len, aux_loss_coef, seed, train_top_k)
+    settings = TuneSettings(steps, lr, batch_tokens, seq_len, aux_loss_coef, seed, train_top_k, fit)
     bar, on_step = _tune_progress(quiet)
     try:  # Ctrl-C: cli.py says "nothing was written"; OUT keeps its old routers
         record = tuned.tune(out, textdata.parse_specs(data), settings, load, on_step=on_step)
@@ -58,10 +59,21 @@ def _tune_progress(quiet: bool):
     import logging
     import sys
 
+    def fitting(steps: int) -> None:
+        if not quiet:
+            print("tune: fitting the routers in closed form (a few forward passes over the data)"
+                  + (f", then {steps} gradient steps" if steps else ""), file=sys.stderr, flush=True)  # fmt: skip
+
     if quiet or not sys.stderr.isatty():
         log = logging.getLogger("moemerge.training.loop")
-        return None, lambda step, steps, loss, speed: (step % 10 == 0 or step == steps) and log.info(
-            "step %d/%d: loss %.4f, %.0f tokens/s", step, steps, loss, speed)  # fmt: skip
+
+        def logged(step: int, steps: int, loss: float, speed: float) -> None:
+            if step == 0:
+                fitting(steps)
+            elif step % 10 == 0 or step == steps:
+                log.info("step %d/%d: loss %.4f, %.0f tokens/s", step, steps, loss, speed)
+
+        return None, logged
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -71,6 +83,9 @@ def _tune_progress(quiet: bool):
 
     def on_step(step: int, steps: int, loss: float, speed: float) -> None:
         nonlocal task
+        if step == 0:
+            fitting(steps)
+            return
         if task is None:
             bar.start()
             task = bar.add_task("training", total=steps, loss="-", speed="-")

@@ -57,7 +57,8 @@ class RouterTrainingConfig(_Strict):
     take tune's defaults; data paths are relative to the config."""
 
     data: str | list[str] | dict[str, str]
-    steps: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=0)
+    fit: Literal["ridge", "none"] | None = None
     lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     batch_tokens: int | None = Field(default=None, ge=2)
     seq_len: int | None = Field(default=None, ge=2)

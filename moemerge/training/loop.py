@@ -13,20 +13,21 @@ from typing import Any
 from moemerge.forward.loading import input_device
 
 log = logging.getLogger(__name__)
-OnStep = Callable[[int, int, float, float], None]  # (step, steps, train loss, tokens per second)
+OnStep = Callable[[int, int, float, float], None]  # (step, steps, train loss, tokens per second); step 0: the fit begins
 
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """What a run does; the defaults are the README's measured recipe."""
+    """What a run does; the defaults are the measured recipe (docs/router-training.md): the closed-form fit alone."""
 
-    steps: int = 60
+    steps: int = 0  # gradient steps after the fit (0: the fit alone, measured best on top-1 models)
     lr: float = 1e-2
     batch_tokens: int = 512  # per optimiser step, over all processes
     seq_len: int = 128  # tokens per training window
     aux_loss_coef: float = 0.001  # transformers' default router_aux_loss_coef
     seed: int = 0
     train_top_k: int | None = None  # experts per token while training; None: max(the model's, 2)
+    fit: str = "ridge"  # "ridge": the closed-form fit (training.ridge) first, with two or more data files; "none"
 
     @property
     def rows(self) -> int:
@@ -39,6 +40,7 @@ class TuneResult:
     loss_before: dict[str, float]
     loss_after: dict[str, float]
     train_loss: list[float] = field(default_factory=list)
+    fit: dict[str, Any] | None = None  # what the closed-form fit found (file -> expert, per-layer accuracy)
     seconds: float = 0.0
     tokens: int = 0  # training tokens seen, all processes
 
@@ -144,9 +146,14 @@ def train(model, train: dict[str, Any], held_out: dict[str, Any], settings: Tune
     device = accelerator.device if world > 1 else None
     before = held_out_loss(model, held_out, rows=rows, accelerator=accelerator, autocast=autocast)
     result = TuneResult({}, before, {})
+    start = time.perf_counter()
+    if settings.fit == "ridge" and len(train) >= 2:
+        if on_step is not None:
+            on_step(0, settings.steps, float("nan"), 0.0)
+        result.fit = _fit(model, routers, train, settings, autocast)
+        result.seconds = time.perf_counter() - start
     old_top_k = _set_top_k(model, top_k)
     try:
-        start = time.perf_counter()
         for step in range(1, settings.steps + 1):
             batch = _batches(train, settings, step, generator)[accelerator.process_index :: world]
             ids = batch.to(device or input_device(model))
@@ -168,6 +175,19 @@ def train(model, train: dict[str, Any], held_out: dict[str, Any], settings: Tune
         _restore(old_top_k)
     result.routers = {name: param.detach().float().cpu().clone() for name, param in routers.items()}
     return result
+
+
+def _fit(model, routers: dict[str, Any], train: dict[str, Any], settings: TuneSettings, autocast) -> dict[str, Any]:
+    """The closed-form fit of every routed-expert router (not a shared-expert gate), in place."""
+    from dataclasses import asdict
+
+    from moemerge.training import ridge
+
+    mine = {id(p) for p in routers.values()}
+    blocks = [m for m in model.modules() if id(getattr(getattr(m, "gate", None), "weight", None)) in mine]
+    with autocast():
+        fitted = ridge.fit(model, blocks, train, seed=settings.seed, device=input_device(model))
+    return {"method": "ridge", **asdict(fitted)}
 
 
 def _restore(old: dict[Any, int]) -> None:

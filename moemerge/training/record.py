@@ -99,9 +99,17 @@ def _run_text(record: dict[str, Any]) -> str:
     rows = [f"| {d['name']} | {d['tokens']:,} | `{d['sha256'][:16]}...` | {before[d['name']]:.4f} | "
             f"{after[d['name']]:.4f} |" for d in record["data"]]  # fmt: skip
     where = f"{record['processes']} process(es) on {record['device']}"
-    return (f"{record['steps']} steps of {record['batch_tokens']} tokens (windows of {record['seq_len']}), AdamW "
-            f"lr {record['lr']}, load-balancing loss coefficient {record['aux_loss_coef']}, top-{record['train_top_k']} "
-            f"routing while training, seed {record['seed']}; {where}, {record['seconds']} s. Held-out loss is the "
+    fitted = record.get("fitted")
+    fit = ""
+    if fitted:
+        pairs = ", ".join(f"{name} -> expert {e}" for name, e in fitted["mapping"].items())
+        fit = (f"A closed-form fit first (ridge regression of each layer's MLP input on which file each token came "
+               f"from, {fitted['tokens']:,} tokens; {pairs}). ")  # fmt: skip
+    steps = "no gradient steps after it" if not record["steps"] else (
+        f"{record['steps']} steps of {record['batch_tokens']} tokens (windows of {record['seq_len']}), AdamW "
+        f"lr {record['lr']}, load-balancing loss coefficient {record['aux_loss_coef']}, top-{record['train_top_k']} "
+        "routing while training")  # fmt: skip
+    return (f"{fit}{steps[0].upper()}{steps[1:]}, seed {record['seed']}; {where}, {record['seconds']} s. Held-out loss is the "
             "mean next-token loss on the last windows of each file (not trained on); `tune.json` has the figures "
             "and full sha256 of each file.\n\n| data | tokens | sha256 | held-out loss before | after |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")  # fmt: skip
@@ -134,5 +142,5 @@ def resolved_text(text: str, runs: list[dict[str, Any]]) -> str:
 
 def training_config(record: dict[str, Any]) -> dict[str, Any]:
     """The `router_training:` section that reruns this training (data by absolute path)."""
-    keys = ("steps", "lr", "batch_tokens", "seq_len", "aux_loss_coef", "seed", "train_top_k")
+    keys = ("steps", "lr", "batch_tokens", "seq_len", "aux_loss_coef", "seed", "train_top_k", "fit")
     return {"data": {d["name"]: d["path"] for d in record["data"]}, **{k: record[k] for k in keys if k in record}}

@@ -37,8 +37,14 @@ def check_settings(settings: TuneSettings, processes: int = 1, *, files: int = 1
     """Every problem with a run's settings, before anything is loaded: `files` data files must all be reached by
     the run's windows, `--train-top-k` must not exceed the model's `experts`."""
     problems = []
-    if settings.steps < 1:
-        problems.append(f"--steps {settings.steps}: train for at least one step")
+    if settings.steps < 0:
+        problems.append(f"--steps {settings.steps}: give 0 (the fit alone) or more")
+    elif settings.steps == 0 and (settings.fit == "none" or files < 2):
+        why = "--fit none" if settings.fit == "none" else "one data file (the fit needs a file per domain)"
+        problems.append(f"--steps 0 with {why}: nothing would be trained; give --steps N, or two or more data files "
+                        "(one per expert's domain) for the fit")  # fmt: skip
+    if settings.fit not in ("ridge", "none"):
+        problems.append(f"--fit {settings.fit!r}: use ridge or none")
     if not settings.lr > 0:
         problems.append(f"--lr {settings.lr}: the learning rate must be positive")
     if settings.seq_len < 2:
@@ -139,6 +145,7 @@ def train_folder(out: Path, files: dict[str, Path], settings: TuneSettings, load
         "train_top_k": settings.train_top_k or min(config_experts(config, arch), max(2, config["num_experts_per_tok"])),
         "held_out_loss_before": result.loss_before,
         "held_out_loss_after": result.loss_after,
+        **({"fitted": result.fit} if result.fit else {}),
         "seconds": round(result.seconds, 1),
         "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
         "processes": accelerator.num_processes,
