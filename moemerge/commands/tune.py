@@ -50,8 +50,9 @@ def tune(
     if record is not None and not quiet:
         for name, before in record["held_out_loss_before"].items():
             print(f"{name}: held-out loss {before:.4f} -> {record['held_out_loss_after'][name]:.4f}")
-        print(f"trained the routers of {out} in {record['seconds']} s ({record['tokens_per_second']:.0f} tokens/s); "
-              f"wrote {out / RECORD}")  # fmt: skip
+        speed = f" ({record['tokens_per_second']:.0f} tokens/s)" if record["steps"] else ""
+        what = "fitted" if record.get("fitted") and not record["steps"] else "trained"
+        print(f"{what} the routers of {out} in {record['seconds']} s{speed}; wrote {out / RECORD}")
 
 
 def _tune_progress(quiet: bool):

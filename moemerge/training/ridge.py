@@ -14,6 +14,7 @@ from typing import Any
 
 ROWS_PER_FILE = 24  # windows of each file in the fit batch (24 x 128 tokens: measured best of 8 and 24 on the demo)
 RIDGE = 1e-2  # lambda, relative to the mean diagonal of X^T X
+LOSS_TOKENS = 1024  # tokens per forward pass while matching files to experts (bounds the logits)
 SCALE_CAP = 1e3  # separable labels push the calibrated scale to infinity: stop here
 
 
@@ -44,20 +45,28 @@ def _force(expert: int):
 
 
 def forced_losses(model, gates: list, ids) -> Any:
-    """(experts, rows, seq_len - 1): each token's next-token loss when every layer sends every token to expert e."""
+    """(experts, rows, seq_len - 1): each token's next-token loss when every layer sends every token to expert e;
+    a few rows at a time, so that the (tokens, vocab) logits stay small."""
     import torch
 
     out = []
+    rows = max(1, LOSS_TOKENS // ids.shape[1])
     with torch.no_grad():
         for e in range(gates[0].weight.shape[0]):
             hooks = [gate.register_forward_hook(_force(e)) for gate in gates]
+            losses = []
             try:
-                logits = model(input_ids=ids, use_cache=False, output_router_logits=False).logits[:, :-1].float()
+                for start in range(0, len(ids), rows):
+                    part = ids[start : start + rows]
+                    logits = model(input_ids=part, use_cache=False, output_router_logits=False).logits[:, :-1]
+                    labels = part[:, 1:].to(logits.device)
+                    loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+                    losses.append(loss.cpu())
+                    del logits
             finally:
                 for hook in hooks:
                     hook.remove()
-            labels = ids[:, 1:].to(logits.device)
-            out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").cpu())
+            out.append(torch.cat(losses))
     return torch.stack(out)
 
 
@@ -129,8 +138,8 @@ def fit(model, blocks: list, windows: dict[str, Any], *, seed: int, device) -> F
 
     hooks = [block.register_forward_pre_hook(solve) for block in blocks]
     try:
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False, output_router_logits=False)
+        with torch.no_grad():  # the decoder alone: the fit needs every layer's input, not the logits
+            getattr(model, "model", model)(input_ids=ids, use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()

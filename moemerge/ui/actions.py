@@ -124,6 +124,9 @@ def tune_work(out_text: str, specs: list[str], settings: Settings, *, steps: int
         inference.release()
 
         def on_step(step: int, total: int, loss: float, speed: float) -> None:
+            if step == 0:  # the closed-form fit begins (a few forward passes)
+                job.progress("training", 0, max(total, 1), "fitting the routers in closed form")
+                return
             job.progress("training", step, total, f"{step}/{total} steps, loss {loss:.4f}, {speed:,.0f} tokens/s")
 
         record = tuning.tune(out, files, tune, settings.load(), on_step=on_step)
