@@ -151,6 +151,21 @@ if PUSH:
 else:
     print("push skipped: tick PUSH in the form to upload")""")
 )
+cells.append(
+    nbf.v4.new_code_cell("""# @title The web page (optional): build, inspect, tune and publish from a page inside this cell
+WEB_PAGE = False  # @param {type:"boolean"}
+
+if WEB_PAGE:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        pip_install("gradio")
+    from moemerge.ui.app import launch
+
+    launch(share=True, block=False, inline=True)  # Colab shows the page here; share=True for its proxy
+else:
+    print("web page skipped: tick WEB_PAGE to open it in this cell")""")
+)
 for number, cell in enumerate(cells):
     cell.id = f"cell-{number:02d}"  # stable ids: the script reproduces the committed notebook byte for byte
 nb.cells = cells
