@@ -18,9 +18,12 @@ from moemerge.sources.folder import ByteRange
 
 def test_the_checker_thread_never_holds_the_process(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\0" * 4096)
-    assert finite._thread().submit(finite.mapped_nonfinite, ByteRange(tmp_path / "x.bin", 0, 4096, "float32")).result(
-        timeout=10
-    ) is False
+    assert (
+        finite._thread()
+        .submit(finite.mapped_nonfinite, ByteRange(tmp_path / "x.bin", 0, 4096, "float32"))
+        .result(timeout=10)
+        is False
+    )
     checkers = [t for t in threading.enumerate() if t.name.startswith("moemerge-check")]
     assert checkers and all(t.daemon for t in checkers)
 

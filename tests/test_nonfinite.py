@@ -15,8 +15,13 @@ def _config(models, **expert):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("residual_scale", ".nan"), ("residual_scale", ".inf"), ("residual_scale", "-.inf"), ("noise_scale", ".nan"),
-     ("noise_scale", ".inf")],  # fmt: skip
+    [
+        ("residual_scale", ".nan"),
+        ("residual_scale", ".inf"),
+        ("residual_scale", "-.inf"),
+        ("noise_scale", ".nan"),
+        ("noise_scale", ".inf"),
+    ],  # fmt: skip
 )
 def test_non_finite_scales_are_refused(models, write_config, tmp_path, cli, capsys, field, value):
     import yaml

@@ -177,7 +177,9 @@ def test_tune_and_eval_start_windows_alike(task, tmp_path, adds_bos):
     if adds_bos:
         from tokenizers import processors
 
-        tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
     bos = tokenizer.bos_token_id
     assert (tokenizer("a1")["input_ids"][0] == bos) is adds_bos
     train, held_out, _ = textdata.windows({"a": data["a"]}, tokenizer, 32)

@@ -13,7 +13,9 @@ from typing import Any
 from moemerge.forward.loading import input_device
 
 log = logging.getLogger(__name__)
-OnStep = Callable[[int, int, float, float], None]  # (step, steps, train loss, tokens per second); step 0: the fit begins
+OnStep = Callable[
+    [int, int, float, float], None
+]  # (step, steps, train loss, tokens per second); step 0: the fit begins
 
 
 @dataclass(frozen=True)
