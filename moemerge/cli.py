@@ -55,7 +55,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
     help="Merge the base and expert models named in CONFIG into one MoE checkpoint written to OUT.",
     epilog="Other commands: `moemerge plan CONFIG` (dry run), `moemerge verify OUT`, `moemerge route OUT` "
     "(routing report), `moemerge eval OUT` (loss and perplexity), `moemerge tune OUT --data FILE` (train the routers), "
-    "`moemerge push OUT REPO_ID`; each takes "
+    "`moemerge push OUT REPO_ID`, `moemerge ui` (the web page); each takes "
     "--help.\n\n" + mergekit_flags.HELP_NOTE,
 )
 def merge(
