@@ -39,26 +39,27 @@ def test_demo_config_end_to_end(real_assets, cli, tmp_path, monkeypatch):
         assert sets[name]["hit_rate"] > 0.6, (name, sets[name]["hit_rate"])
 
     data = [f"--data={d}=demo/models/data/{d}.txt" for d in ("code", "math", "prose")]
-    code, out, err = cli("eval", "demo/out", "--compare", "--max-tokens", "512", *data)
+    code, out, err = cli("eval", "demo/out", "--compare", "--max-tokens", "2048", *data)
     assert code == 0, err
     rows = {d["name"]: d for d in json.loads((tmp_path / "demo" / "out" / "eval.json").read_text())["datasets"]}
     for name in ("code", "math", "prose"):
         assert rows[name]["loss"]["MoE"] < rows[name]["loss"]["base"], rows[name]["loss"]
-
-    # the demo's tune step (its defaults: the closed-form fit) lowers the MoE's held-out loss on every domain
-    train = [f"--data={d}=demo/models/data/{d}.train.txt" for d in ("code", "math", "prose")]
-    code, out, err = cli("tune", "demo/out", *train)
-    assert code == 0, err
-    code, out, err = cli("eval", "demo/out", "--compare", "--max-tokens", "512", *data)
-    assert code == 0, err
-    after = {d["name"]: d for d in json.loads((tmp_path / "demo" / "out" / "eval.json").read_text())["datasets"]}
-    for name in ("code", "math", "prose"):  # measured (2048 tokens): 2.668 -> 2.644, 0.531 -> 0.524, 2.466 -> 2.425
-        assert after[name]["loss"]["MoE"] < rows[name]["loss"]["MoE"], (name, rows[name]["loss"], after[name]["loss"])
-    code, out, err = cli("route", "demo/out", "--prompts", "demo/models/data/held_out_prompts.yaml")
-    assert code == 0, err
 
     shown = subprocess.run([sys.executable, str(ROOT / "examples" / "show.py"), "demo/out", "--max-new-tokens", "16"],
                            capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "missing=set() unexpected=set()" in shown
     assert "The capital of France is Paris." in shown
     assert "own-expert hit" in shown and "* = lowest loss" in shown
+
+    # the demo's tune step (its defaults: the closed-form fit) lowers the MoE's held-out loss on every domain
+    train = [f"--data={d}=demo/models/data/{d}.train.txt" for d in ("code", "math", "prose")]
+    code, out, err = cli("tune", "demo/out", *train)
+    assert code == 0, err
+    code, out, err = cli("eval", "demo/out", "--max-tokens", "2048", *data)
+    assert code == 0, err
+    after = {d["name"]: d for d in json.loads((tmp_path / "demo" / "out" / "eval.json").read_text())["datasets"]}
+    for name in ("code", "math", "prose"):  # measured: 2.668 -> 2.644, 0.531 -> 0.524, 2.466 -> 2.425 (on 512 tokens
+        # math is within noise: 0.5237 -> 0.5250; the README and this test use the demo's 2,048)
+        assert after[name]["loss"]["MoE"] < rows[name]["loss"]["MoE"], (name, rows[name]["loss"], after[name]["loss"])
+    code, out, err = cli("route", "demo/out", "--prompts", "demo/models/data/held_out_prompts.yaml")
+    assert code == 0, err
